@@ -1,0 +1,17 @@
+"""modgap: balanced multimodal classification.
+
+LFM ("Facilitating Multimodal Classification via Dynamically Learning Modality Gap", Yang et al.,
+NeurIPS 2024) with heuristic (lfm-h) and learned (lfm-lb) weights, its baselines, and an honest
+evaluation protocol. Public API:
+
+    from modgap import Config, make_config, train           # the trainer, as `modgap train` runs it
+    from modgap.methods.lfm import lfm_objective, matching_weight, AlphaLearner   # in your own loop
+    from modgap.methods.matching import js_divergence, info_nce
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config, make_config  # noqa: E402
+from .train import train  # noqa: E402
+
+__all__ = ["Config", "make_config", "train", "__version__"]

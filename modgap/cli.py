@@ -1,0 +1,162 @@
+"""The `modgap` command: train, list. (`python -m modgap` is the same command.)"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, ModgapError
+
+EPILOG_TRAIN = """examples:
+  modgap train                                   # lfm-lb on the bundled mfeat data, pix + fou
+  modgap train --method joint --epochs 10
+  modgap train --data mfeat:fac+mor --method lfm-h --set method.schedule=exp
+  modgap train --data tables:my_folder --method lfm-lb --set method.matching=infonce
+  modgap train --out runs/x --resume              # continue an interrupted run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modgap", description="Balanced multimodal classification (LFM and baselines).")
+    parser.add_argument("--version", action="version", version=f"modgap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train one run", description="Train one run and write its run folder.",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", metavar="FILE", help="YAML file with any of the sections data, model, optim, train, method")
+    t.add_argument("--data", metavar="NAME[:ARG]", help="dataset, e.g. mfeat, mfeat:pix+fou, tables:PATH (default mfeat)")
+    t.add_argument("--modalities", metavar="A,B", help="modalities to use, comma-separated (default: the dataset's)")
+    t.add_argument("--method", metavar="NAME", help="training method (default lfm-lb; `modgap list methods`)")
+    t.add_argument("--epochs", type=int, metavar="N", help="number of epochs")
+    t.add_argument("--seed", type=int, metavar="S", help="training seed (the split seed is data.split_seed)")
+    t.add_argument("--out", metavar="DIR", help="run folder (default runs/<data>-<method>-s<seed>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set optim.lr=0.05 --set method.every=5")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ls = sub.add_parser("list", help="list datasets, methods, schedules, encoders, fusions",
+                        description="List the registered components.")
+    ls.add_argument("what", nargs="?", default="all",
+                    choices=["all", "datasets", "methods", "schedules", "presets", "encoders", "fusions", "matching"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "list":
+            return cmd_list(args.what)
+        parser.print_help()
+        return 0
+    except ModgapError as exc:
+        print(f"modgap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modgap: interrupted; continue with `modgap train --resume --out <run folder>`", file=sys.stderr)
+        return 130
+
+
+def overrides_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import parse_data_spec
+
+    overrides: dict[str, Any] = {}
+    if args.data:
+        overrides["data"] = parse_data_spec(args.data)
+    if args.modalities:
+        overrides.setdefault("data", {})["modalities"] = [m for m in args.modalities.split(",") if m]
+    if args.method:
+        overrides["method"] = {"name": args.method}
+    if args.epochs is not None:
+        overrides["train"] = {"epochs": args.epochs}
+    if args.seed is not None:
+        overrides.setdefault("train", {})["seed"] = args.seed
+    if args.quiet:
+        overrides.setdefault("train", {})["progress"] = False
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import build, make_config
+    from .train.trainer import load_run_config, train
+
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume needs --out DIR, the run folder to continue")
+        if args.config or args.data or args.modalities or args.method or args.seed is not None or args.set:
+            raise ConfigError("--resume continues a run with its saved configuration; only --epochs may change")
+        config = load_run_config(args.out)
+        config = build(type(config), {"train": {"epochs": args.epochs or config.train.epochs,
+                                                "progress": not args.quiet}}, base=config)
+    else:
+        config = make_config(args.config, overrides_from_flags(args), args.set)
+    from .methods import METHODS
+
+    METHODS.get(config.method["name"])  # an unknown method fails here, before any data is read
+    summary = train(config, out=args.out, resume=args.resume)
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rows = [("fused", summary["test"]["fused"], summary["val"]["fused"]["acc"], None)]
+    for m in summary["modalities"]:
+        rows.append((m, summary["test"][m], summary["val"][m]["acc"], summary["probe"].get(m)))
+    head = f"{'':10s} {'val acc':>8s} {'test acc':>9s} {'test MAP':>9s} {'test F1':>8s} {'probe':>7s}"
+    lines = [f"{summary['method']} on {summary['dataset']} ({'+'.join(summary['modalities'])}), seed {summary['seed']}: "
+             f"best val epoch {summary['best_epoch']} of {summary['epochs']}, {summary['wall_s']:.1f} s", head]
+    for name, t, val_acc, probe in rows:
+        p = f"{probe:7.3f}" if probe is not None else f"{'-':>7s}"
+        lines.append(f"{name:10s} {val_acc:8.3f} {t['acc']:9.3f} {t['map']:9.3f} {t['f1']:8.3f} {p}")
+    extra = [f"imbalance (test acc strongest/weakest) {summary['imbalance_test']:.2f}"]
+    if summary.get("alpha_final") is not None:
+        extra.append(f"final alpha {summary['alpha_final']:.3f}")
+    lines.append("; ".join(extra))
+    return "\n".join(lines)
+
+
+def cmd_list(what: str) -> int:
+    from .data import DATASETS
+    from .methods import METHODS
+    from .methods.lfm import SCHEDULES
+    from .methods.matching import MATCHING
+    from .models import ENCODERS, FUSIONS
+
+    def first_line(doc: str | None) -> str:
+        return (doc or "").strip().splitlines()[0] if doc else ""
+
+    sections = {
+        "methods": [(n, c.summary) for n, c in METHODS.items()],
+        "datasets": [(n, c.summary) for n, c in DATASETS.items()],
+        "schedules": [(n, first_line(f.__doc__)) for n, f in SCHEDULES.items()],
+        "matching": [(n, first_line(c.__doc__) or "") for n, c in MATCHING.items()],
+        "encoders": [(n, first_line(f.__doc__) or "") for n, f in ENCODERS.items()],
+        "fusions": [(n, first_line(c.__doc__)) for n, c in FUSIONS.items()],
+        "presets": _presets(),
+    }
+    chosen = sections if what == "all" else {what: sections[what]}
+    for title, rows in chosen.items():
+        if what == "all":
+            print(f"{title}:")
+        width = max((len(n) for n, _ in rows), default=0)
+        for name, text in rows:
+            print(f"{'  ' if what == 'all' else ''}{name:{width}s}  {text}".rstrip())
+    return 0
+
+
+def _presets() -> list[tuple[str, str]]:
+    try:
+        from .data.audio import AUDIO_PRESETS
+    except ImportError:
+        return []
+    return [(n, f"audio, {'x'.join(map(str, p.output_shape))}") for n, p in sorted(AUDIO_PRESETS.items())]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Typed configuration: dataclasses, YAML files and dotted overrides (``a.b=c``).
+
+Every value is checked against its declared type on the way in, and an unknown key is named with
+the closest valid one. Options of a method live under ``method.*`` and are checked against that
+method's own ``Options`` dataclass when the method is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, closest
+
+
+@dataclass
+class DataConfig:
+    name: str = "mfeat"
+    """Dataset name from the registry (`modgap list datasets`)."""
+    path: str | None = None
+    """Where the dataset lives, for datasets that read files (e.g. tables:PATH)."""
+    modalities: tuple[str, ...] = ()
+    """Modalities to use, in order; empty means the dataset's default."""
+    val_fraction: float = 0.1
+    """Share of train carved out (stratified) for validation when there is no official val."""
+    test_fraction: float = 0.2
+    """Share carved out for test when the dataset has no official test split."""
+    split_seed: int = 0
+    """Seed of the carve-outs; separate from the training seed."""
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    standardize: bool = True
+    """Feature tables: z-score each column with statistics of the train split only."""
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "mlp"
+    hidden: tuple[int, ...] = (256,)
+    feature_dim: int = 128
+    dropout: float = 0.0
+    fusion: str = "mean"
+    """How per-modality outputs become the fused logits (`modgap list fusions`)."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    """sgd, adam or adamw."""
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: str = "step"
+    """none, step or cosine."""
+    step_size: int = 70
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    probe: bool = True
+    """Fit a linear probe per modality on frozen features at the end of the run."""
+    progress: bool = True
+    checkpoint_best: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "lfm-lb"})
+    """`name` plus that method's options (`modgap list methods`)."""
+    out: str | None = None
+    """Run folder; default runs/<dataset>-<method>-s<seed>."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- checking values against types
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` as ``annotation`` or raise a one-line ConfigError naming ``where``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            if value != value:
+                raise ConfigError(f"{where}: expected a number, got nan")
+            return value
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return build(annotation, value, where)
+    raise TypeError(f"unsupported annotation {annotation!r} at {where}")
+
+
+def build(cls: type, values: dict[str, Any], where: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from ``values`` (over ``base`` or the defaults), checking each key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    obj = base if base is not None else cls()
+    kwargs = {name: getattr(obj, name) for name in names}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in hints:
+            raise ConfigError(f"unknown key '{path}'{closest(str(key), names)}")
+        current = kwargs[key]
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[key] = build(type(current), value, path, base=current)
+        elif isinstance(current, dict) and isinstance(value, dict) and key == "method":
+            kwargs[key] = {**current, **value} if value.get("name", current.get("name")) == current.get("name") else dict(value)
+        else:
+            kwargs[key] = coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as YAML (so 0.1 is a float, true a bool, [1,2] a list), else the raw string."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def dotted_to_nested(assignments: list[str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is both a value and a section")
+        node[parts[-1]] = parse_value(raw)
+    return nested
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def make_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                assignments: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- explicit overrides (from CLI flags) <- --set assignments."""
+    config = Config()
+    for layer in (load_yaml(file) if file else {}, overrides or {}, dotted_to_nested(assignments or [])):
+        config = build(Config, layer, base=config)
+    check(config)
+    return config
+
+
+def check(config: Config) -> None:
+    """Range checks that types alone cannot express."""
+    rules = [
+        (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
+        (0.0 < config.data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
+        (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
+        (config.model.feature_dim >= 1, "model.feature_dim must be >= 1"),
+        (all(h >= 1 for h in config.model.hidden), "model.hidden sizes must be >= 1"),
+        (0.0 <= config.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (config.optim.lr > 0, "optim.lr must be > 0"),
+        (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (0 <= config.optim.momentum < 1, "optim.momentum must be in [0, 1)"),
+        (config.optim.step_size >= 1, "optim.step_size must be >= 1"),
+        (config.train.epochs >= 1, "train.epochs must be >= 1"),
+        (config.train.threads >= 0, "train.threads must be >= 0"),
+        (isinstance(config.method.get("name"), str), "method.name must be a string"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+    for name, choices in (("optim.name", ("sgd", "adam", "adamw")),
+                          ("optim.scheduler", ("none", "step", "cosine"))):
+        value = getattr(config.optim, name.split(".")[1])
+        if value not in choices:
+            raise ConfigError(f"unknown {name} '{value}'{closest(value, choices)}")

@@ -1,0 +1,125 @@
+"""What every dataset gives the trainer: aligned modalities, labels, ids and a three-way split.
+
+Data flows one way: dataset -> Batch({modality: tensor}, labels, row indices) -> model. A dataset
+knows nothing of methods or models.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError, closest
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]
+    y: torch.Tensor
+    index: torch.Tensor
+    """Row indices into the dataset (to name samples in messages and to gather outputs)."""
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch({m: x.to(device, non_blocking=True) for m, x in self.inputs.items()},
+                     self.y.to(device, non_blocking=True), self.index)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class MultimodalDataset(abc.ABC):
+    """A labelled dataset with several aligned modalities and train/val/test row indices."""
+
+    name: str
+    modalities: tuple[str, ...]
+    classes: list[str]
+    ids: list[str]
+    labels: np.ndarray
+    splits: dict[str, np.ndarray]
+
+    @abc.abstractmethod
+    def input_shape(self, modality: str) -> tuple[int, ...]:
+        """Shape of one sample of ``modality`` (what the encoder is built for)."""
+
+    @abc.abstractmethod
+    def batch(self, rows: np.ndarray, train: bool) -> Batch:
+        """The samples at ``rows``; ``train`` turns on online augmentation where a dataset has it."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_ids(self) -> dict[str, list[str]]:
+        return {s: [self.ids[i] for i in self.splits[s]] for s in SPLITS}
+
+    def split_checksum(self) -> str:
+        blob = json.dumps(self.split_ids(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "modalities": list(self.modalities),
+            "classes": list(self.classes),
+            "sizes": {s: int(len(self.splits[s])) for s in SPLITS},
+            "split_checksum": self.split_checksum(),
+        }
+
+
+class FeatureDataset(MultimodalDataset):
+    """Feature vectors per modality, held in memory (mfeat, feature tables)."""
+
+    def __init__(self, name: str, features: dict[str, np.ndarray], labels: np.ndarray,
+                 ids: list[str], classes: list[str], splits: dict[str, np.ndarray],
+                 standardize: bool = True) -> None:
+        self.name = name
+        self.modalities = tuple(features)
+        self.classes = list(classes)
+        self.ids = list(ids)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.splits = {s: np.asarray(splits[s], dtype=np.int64) for s in SPLITS}
+        train = self.splits["train"]
+        self._x: dict[str, torch.Tensor] = {}
+        for m, x in features.items():
+            x = np.asarray(x, dtype=np.float32)
+            if standardize:  # statistics of the train split only: val and test never leak in
+                mean, std = x[train].mean(0), x[train].std(0)
+                x = (x - mean) / np.where(std > 1e-8, std, 1.0)
+            self._x[m] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self._y = torch.from_numpy(self.labels)
+
+    def input_shape(self, modality: str) -> tuple[int, ...]:
+        return tuple(self._x[modality].shape[1:])
+
+    def batch(self, rows: np.ndarray, train: bool) -> Batch:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return Batch({m: x[index] for m, x in self._x.items()}, self._y[index], index)
+
+
+def select_modalities(available: tuple[str, ...], wanted: tuple[str, ...], default: tuple[str, ...],
+                      source: str) -> tuple[str, ...]:
+    """Check a user's modality choice against what ``source`` has; at least two are needed."""
+    chosen = tuple(wanted) or tuple(default)
+    for m in chosen:
+        if m not in available:
+            raise ConfigError(f"{source} has no modality '{m}'{closest(m, available)}")
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"modalities listed twice: {', '.join(chosen)}")
+    if len(chosen) < 1:
+        raise ConfigError(f"{source}: choose at least one modality")
+    return chosen
+
+
+def check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
+    if labels.size == 0:
+        raise DataError(f"{source}: no samples")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"{source}: label outside 0..{num_classes - 1}")

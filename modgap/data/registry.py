@@ -1,0 +1,38 @@
+"""The dataset registry. A dataset family registers a loader class here, in its own file."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..config import DataConfig
+from ..registry import Registry
+from .base import MultimodalDataset
+
+
+class DatasetLoader(Protocol):
+    summary: str
+    """One line for `modgap list datasets`."""
+
+    @staticmethod
+    def parse_arg(arg: str) -> dict[str, Any]:
+        """What the ARG of ``--data NAME:ARG`` means for this dataset, as DataConfig overrides."""
+
+    @staticmethod
+    def load(cfg: DataConfig) -> MultimodalDataset: ...
+
+
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
+
+
+def load_dataset(cfg: DataConfig) -> MultimodalDataset:
+    return DATASETS.get(cfg.name).load(cfg)
+
+
+def parse_data_spec(spec: str) -> dict[str, Any]:
+    """``NAME[:ARG]`` -> DataConfig overrides, ARG interpreted by the dataset itself."""
+    name, _, arg = spec.partition(":")
+    loader = DATASETS.get(name)
+    overrides: dict[str, Any] = {"name": name}
+    if arg:
+        overrides.update(loader.parse_arg(arg))
+    return overrides

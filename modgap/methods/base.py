@@ -1,0 +1,142 @@
+"""The one hook interface every training method implements.
+
+The trainer owns the loop (data, forward, optimiser step, evaluation, checkpoints); a method only
+says what the loss is and, where it needs to, how gradients, steps and epochs are adjusted:
+
+    out    = model(batch.inputs)                 # ModelOutput: features, logits per modality, fused
+    losses = method.losses(out, batch, ctx)      # Losses(total, named terms)
+    method.backward(losses, ctx)                 # default: losses.total.backward()
+    method.after_backward(ctx)                   # e.g. per-encoder gradient modulation
+    optimizer.step()
+    method.after_step(ctx)                       # e.g. learn alpha on a validation batch
+    ...                                          # on_epoch_start / on_epoch_end at the boundaries
+    method.predict(out)                          # the fused logits used for evaluation
+
+A method is an ``nn.Module``: its own trainable modules (projection heads, ...) are optimised with
+the model and its state (buffers, and ``get_extra_state``) is saved in every checkpoint.
+Each method declares an ``Options`` dataclass; ``method.*`` config keys are checked against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import build
+from ..data.base import Batch
+from ..errors import ConfigError
+from ..models.classifier import ModelOutput, MultimodalClassifier
+from ..registry import Registry
+
+
+@dataclass
+class Losses:
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Named parts, still attached to the graph (e.g. cls, match)."""
+
+
+@dataclass
+class StepContext:
+    """What the trainer lends a method at each hook."""
+
+    model: MultimodalClassifier
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    """Every trainable parameter, model's and method's, in the optimiser's order."""
+    epoch: int = 0
+    epochs: int = 1
+    step: int = 0
+    """Optimiser steps taken before this one (global, from 0)."""
+    steps_per_epoch: int = 1
+    next_val_batch: Callable[[], Batch] | None = None
+    """Returns the next batch of the validation split (cycling); never the test split."""
+    fixed_val_batch: Callable[[int], Batch] | None = None
+    """Returns the same first n validation samples every call."""
+    all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    """Averages a tensor over processes (identity on one process)."""
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return (self.epoch + 0.0) / max(self.epochs, 1)
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    max_modalities: ClassVar[int | None] = None
+    """None: any number M >= 2 (or 1 where it makes sense)."""
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, options: Any, modalities: tuple[str, ...], num_classes: int,
+                 feature_dims: dict[str, int]) -> None:
+        super().__init__()
+        if self.max_modalities is not None and len(modalities) > self.max_modalities:
+            raise ConfigError(f"method '{self.name}' supports at most {self.max_modalities} modalities, got {len(modalities)}")
+        self.options = options
+        self.modalities = tuple(modalities)
+        self.num_classes = num_classes
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def losses(self, out: ModelOutput, batch: Batch, ctx: StepContext) -> Losses:
+        raise NotImplementedError
+
+    def backward(self, losses: Losses, ctx: StepContext) -> None:
+        losses.total.backward()
+
+    def after_backward(self, ctx: StepContext) -> None:
+        pass
+
+    def after_step(self, ctx: StepContext) -> None:
+        pass
+
+    def on_epoch_start(self, ctx: StepContext) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        pass
+
+    def predict(self, out: ModelOutput) -> torch.Tensor:
+        return out.fused
+
+    @property
+    def alpha(self) -> float | None:
+        """The weight on classification, for methods that have one (logged per step)."""
+        return None
+
+    def projections(self, out: ModelOutput) -> dict[str, torch.Tensor] | None:
+        """Features in a shared space, for methods that learn one (used for the modality gap)."""
+        return None
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    return METHODS.register(cls.name)(cls)
+
+
+def build_method(spec: dict[str, Any], modalities: tuple[str, ...], num_classes: int,
+                 feature_dims: dict[str, int]) -> Method:
+    spec = dict(spec)
+    cls = METHODS.get(str(spec.pop("name")))
+    options = build(cls.Options, spec, where="method")
+    return cls(options, modalities, num_classes, feature_dims)
+
+
+def options_of(cls: type[Method]) -> dict[str, Any]:
+    return dataclasses.asdict(cls.Options())
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)

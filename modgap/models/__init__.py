@@ -1,0 +1,7 @@
+"""Models: encoders (registry ENCODERS), fusions (registry FUSIONS) and the classifier."""
+
+from .classifier import ModelOutput, MultimodalClassifier, build_model
+from .encoders import ENCODERS
+from .fusion import FUSIONS
+
+__all__ = ["ModelOutput", "MultimodalClassifier", "build_model", "ENCODERS", "FUSIONS"]

@@ -1,0 +1,209 @@
+"""The run folder contract (protocol.md): what a run writes, written so that nothing is lost.
+
+    config.yaml        the full resolved configuration (+ package version, split checksum)
+    splits.json        the ids of each split
+    metrics.jsonl      one JSON object per finished epoch
+    alpha.csv          alpha after every optimiser step (methods that have an alpha)
+    summary.json       the final record
+    checkpoints/       last.pt and best.pt
+
+Every whole-file write goes to a temporary file in the same folder, is flushed to disk and renamed
+over the target, so a crash leaves the old file or the new one, never half of one. Checkpoints
+carry a SHA-256 of their contents and are refused when it does not match.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..errors import RunFolderError
+
+MAGIC = b"MODGAPCK1\n"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise RunFolderError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
+    head = len(MAGIC) + 65
+    if not blob.startswith(MAGIC) or len(blob) < head:
+        raise RunFolderError(f"{path}: not a modgap checkpoint or truncated")
+    digest, payload = blob[len(MAGIC):head - 1].decode(), blob[head:]
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise RunFolderError(f"{path}: checksum mismatch (the file is truncated or corrupt)")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self._lock_held = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def has_run(self) -> bool:
+        return (self.path / "config.yaml").exists()
+
+    def prepare(self) -> None:
+        """Create the folder, check it is writable and take the lock (one process per run)."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise RunFolderError(f"{self.path}: cannot write the run folder ({exc.strerror})") from None
+        self._lock()
+
+    def _lock(self) -> None:
+        lock = self.path / ".lock"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise RunFolderError(f"{self.path}: in use by process {pid} (remove {lock} if that is wrong)") from None
+                lock.unlink(missing_ok=True)  # left behind by a process that died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self._lock_held = True
+            return
+        raise RunFolderError(f"{self.path}: cannot take the lock {lock}")
+
+    def release(self) -> None:
+        if self._lock_held:
+            (self.path / ".lock").unlink(missing_ok=True)
+            self._lock_held = False
+
+    # ---- files -------------------------------------------------------------------------------
+    def write_yaml(self, name: str, data: dict[str, Any]) -> None:
+        atomic_write_text(self.path / name, yaml.safe_dump(data, sort_keys=False))
+
+    def read_yaml(self, name: str) -> dict[str, Any]:
+        try:
+            return yaml.safe_load((self.path / name).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RunFolderError(f"{self.path / name}: cannot read ({exc})") from None
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=2) + "\n")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash: everything after it is rewritten on resume
+        return records
+
+    def truncate_logs(self, epochs_done: int, steps_done: int) -> None:
+        """On resume: keep only what the checkpoint already accounts for."""
+        kept = [r for r in self.read_metrics() if r["epoch"] < epochs_done]
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        alpha = self.path / "alpha.csv"
+        if alpha.exists():
+            rows = list(csv.reader(alpha.open(newline="")))
+            good = [r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) < steps_done]
+            atomic_write_text(alpha, "".join(",".join(r) + "\n" for r in [rows[0], *good]))
+
+    def alpha_writer(self) -> "AlphaLog":
+        return AlphaLog(self.path / "alpha.csv")
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(self.checkpoints / name, state)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise RunFolderError(f"{self.checkpoints / name}: disk full; the previous checkpoint is intact") from None
+            raise RunFolderError(f"{self.checkpoints / name}: cannot write ({exc.strerror})") from None
+
+    def load(self, name: str) -> dict[str, Any]:
+        return load_checkpoint(self.checkpoints / name)
+
+
+class AlphaLog:
+    """alpha.csv: step, epoch, progress (epoch fraction of the run), alpha; appended and flushed per epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[str] = []
+        if not path.exists():
+            atomic_write_text(path, "step,epoch,progress,alpha\n")
+
+    def add(self, step: int, epoch: int, progress: float, alpha: float) -> None:
+        self.rows.append(f"{step},{epoch},{progress:.6f},{alpha:.8g}\n")
+
+    def flush(self) -> None:
+        if self.rows:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.writelines(self.rows)
+                f.flush()
+                os.fsync(f.fileno())
+            self.rows = []
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,335 @@
+"""The trainer: one loop for every method and dataset (protocol.md).
+
+Per epoch: train on the train split (order fixed by seed and epoch), evaluate val and test, log,
+keep the epoch with the best validation fused accuracy, checkpoint. The test split is evaluated for
+reporting only; nothing is ever decided on it. At the end: test metrics at the best and the last
+epoch, a linear probe per modality on frozen features, the modality gap, summary.json.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import Config, build
+from ..data import MultimodalDataset, load_dataset
+from ..data.base import Batch
+from ..errors import ModgapError, RunFolderError
+from ..methods import Method, StepContext, build_method
+from ..models import MultimodalClassifier, build_model
+from .metrics import (OutputAccumulator, classification_metrics, imbalance_ratio, linear_probe,
+                      modality_gap)
+from .runfolder import RunFolder
+
+
+class TrainingError(ModgapError):
+    """Training cannot go on (e.g. a non-finite loss); the message names where it happened."""
+
+
+@dataclass
+class Progress:
+    """What a checkpoint must restore besides the modules and the optimiser."""
+
+    epoch: int = 0
+    """Epochs finished."""
+    step: int = 0
+    """Optimiser steps taken."""
+    best_epoch: int = -1
+    best_val: float = -math.inf
+    val_cursor: int = 0
+    """Validation batches handed to the method so far (its stream resumes from here)."""
+    wall_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return kind(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def permutation(n: int, *seed: int) -> np.ndarray:
+    """A permutation that depends only on the seeds (so a resumed run sees the same order)."""
+    return np.random.default_rng(list(seed)).permutation(n)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, dict[str, float]]
+    outputs: OutputAccumulator = field(repr=False)
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False) -> None:
+        self.config = config
+        self.run = RunFolder(run_dir)
+        self.resume = resume
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        self.device = torch.device(config.train.device)
+        seed_everything(config.train.seed)
+        self.data: MultimodalDataset = load_dataset(config.data)
+        shapes = {m: self.data.input_shape(m) for m in self.data.modalities}
+        self.model: MultimodalClassifier = build_model(shapes, self.data.num_classes, config.model).to(self.device)
+        dims = {m: e.out_dim for m, e in self.model.encoders.items()}
+        self.method: Method = build_method(config.method, self.data.modalities, self.data.num_classes, dims).to(self.device)
+        self.params = [p for p in [*self.model.parameters(), *self.method.parameters()] if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, config.optim)
+        self.scheduler = make_scheduler(self.optimizer, config.optim, config.train.epochs)
+        self.state = Progress()
+        steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size)
+        self.ctx = StepContext(self.model, self.optimizer, self.params, epochs=config.train.epochs,
+                               steps_per_epoch=steps, next_val_batch=self._next_val_batch,
+                               fixed_val_batch=self._fixed_val_batch)
+
+    # ---- data --------------------------------------------------------------------------------
+    def batches(self, split: str, train: bool, epoch: int = 0) -> Iterator[Batch]:
+        rows = self.data.splits[split]
+        size = self.config.data.batch_size if train else self.config.data.eval_batch_size
+        if train:
+            rows = rows[permutation(len(rows), self.config.train.seed, epoch)]
+        for start in range(0, len(rows), size):  # never drops a sample, not even in training
+            yield self.data.batch(rows[start:start + size], train=train).to(self.device)
+
+    def _next_val_batch(self) -> Batch:
+        """The validation split in batches, reshuffled each pass, position kept in the checkpoint."""
+        rows, size = self.data.splits["val"], self.config.data.batch_size
+        per_pass = math.ceil(len(rows) / size)
+        cycle, k = divmod(self.state.val_cursor, per_pass)
+        order = rows[permutation(len(rows), self.config.train.seed, 1_000_003, cycle)]
+        self.state.val_cursor += 1
+        return self.data.batch(order[k * size:(k + 1) * size], train=False).to(self.device)
+
+    def _fixed_val_batch(self, n: int) -> Batch:
+        return self.data.batch(self.data.splits["val"][:n], train=False).to(self.device)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "progress": vars(self.state).copy(), "rng": rng_state(), "version": __version__}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+
+    def _start(self) -> None:
+        cfg_dict = {**self.config.to_dict(), "version": __version__, "split_checksum": self.data.split_checksum()}
+        if self.resume:
+            if not self.run.has_run():
+                raise RunFolderError(f"{self.run.path}: nothing to resume (no config.yaml)")
+            saved = self.run.read_yaml("config.yaml")
+            if saved.get("split_checksum") != self.data.split_checksum():
+                raise RunFolderError(f"{self.run.path}: the data split differs from the one this run started with")
+            self.run.prepare()
+            if (self.run.checkpoints / "last.pt").exists():
+                self.load_state_dict(self.run.load("last.pt"))
+            self.run.truncate_logs(self.state.epoch, self.state.step)
+            self.run.write_yaml("config.yaml", cfg_dict)  # epochs may have been extended
+        else:
+            if self.run.has_run():
+                raise RunFolderError(f"{self.run.path}: already holds a run; add --resume to continue it, or choose another --out")
+            self.run.prepare()
+            self.run.write_yaml("config.yaml", cfg_dict)
+            self.run.write_json("splits.json", {"checksum": self.data.split_checksum(), **self.data.split_ids()})
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        self._start()
+        try:
+            return self._fit()
+        finally:
+            self.run.release()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.config
+        epochs = cfg.train.epochs
+        alpha_log = self.run.alpha_writer() if self.method.alpha is not None else None
+        bar = tqdm(total=epochs * self.ctx.steps_per_epoch, initial=self.state.epoch * self.ctx.steps_per_epoch,
+                   disable=not cfg.train.progress, desc=f"{cfg.method['name']} {self.data.name}",
+                   unit="step", dynamic_ncols=True, leave=False)
+        while self.state.epoch < epochs:
+            started = time.perf_counter()
+            epoch = self.state.epoch
+            self.ctx.epoch = epoch
+            self.model.train()
+            self.method.train()
+            self.method.on_epoch_start(self.ctx)
+            lr = self.optimizer.param_groups[0]["lr"]
+            sums: dict[str, float] = {}
+            seen = 0
+            for batch in self.batches("train", train=True, epoch=epoch):
+                self.ctx.step = self.state.step
+                terms = self.train_step(batch)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(batch)
+                seen += len(batch)
+                self.state.step += 1
+                if alpha_log is not None:
+                    alpha_log.add(self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch),
+                                  self.method.alpha)
+                bar.update()
+            self.scheduler.step()
+            self.method.on_epoch_end(self.ctx)
+            val, test = self.evaluate("val").metrics, self.evaluate("test").metrics
+            self.state.epoch += 1
+            self.state.wall_s += time.perf_counter() - started
+            improved = val["fused"]["acc"] > self.state.best_val and _finite_model(self.model)
+            if improved:
+                self.state.best_val, self.state.best_epoch = val["fused"]["acc"], epoch
+            record = {"epoch": epoch, "lr": lr, "alpha": self.method.alpha,
+                      "train": {k: v / max(seen, 1) for k, v in sums.items()}, "val": val, "test": test,
+                      "imbalance_val": imbalance_ratio({m: val[m]["acc"] for m in self.data.modalities}),
+                      "epoch_s": round(time.perf_counter() - started, 3)}
+            # order matters for a crash at any point: logs first, then best, then last (which resumes)
+            if alpha_log is not None:
+                alpha_log.flush()
+            self.run.append_metrics(record)
+            state = self.state_dict()
+            if improved and cfg.train.checkpoint_best:
+                self.run.save("best.pt", state)
+            self.run.save("last.pt", state)
+            bar.set_postfix(loss=f"{record['train'].get('total', record['train'].get('cls', 0)):.3f}",
+                            val=f"{val['fused']['acc']:.3f}",
+                            **({"alpha": f"{self.method.alpha:.3f}"} if self.method.alpha is not None else {}))
+        bar.close()
+        return self.finish()
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(batch.inputs)
+        losses = self.method.losses(out, batch, self.ctx)
+        if not torch.isfinite(losses.total):
+            ids = ", ".join(self.data.ids[i] for i in batch.index[:5].tolist())
+            raise TrainingError(f"non-finite loss at epoch {self.state.epoch}, step {self.state.step} "
+                                f"(batch starts with ids {ids})")
+        self.method.backward(losses, self.ctx)
+        self.method.after_backward(self.ctx)
+        self.optimizer.step()
+        self.method.after_step(self.ctx)
+        terms = {k: float(v.detach()) for k, v in losses.terms.items()}
+        terms["total"] = float(losses.total.detach())
+        return terms
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> EvalResult:
+        self.model.eval()
+        self.method.eval()
+        acc = OutputAccumulator()
+        for batch in self.batches(split, train=False):
+            out = self.model(batch.inputs)
+            acc.add("y", batch.y)
+            acc.add("fused", self.method.predict(out))
+            for m in self.data.modalities:
+                acc.add(f"logits/{m}", out.logits[m])
+                acc.add(f"features/{m}", out.features[m])
+            projected = self.method.projections(out)
+            for m, u in (projected or {}).items():
+                acc.add(f"projection/{m}", u)
+        y = acc.get("y").astype(np.int64)
+        metrics = {"fused": classification_metrics(acc.get("fused"), y)}
+        for m in self.data.modalities:
+            metrics[m] = classification_metrics(acc.get(f"logits/{m}"), y)
+        return EvalResult(metrics, acc)
+
+    # ---- the end of the run ------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        records = self.run.read_metrics()
+        by_epoch = {r["epoch"]: r for r in records}
+        last = records[-1]
+        best = by_epoch.get(self.state.best_epoch, last)
+        best_state = self.run.load("best.pt") if (self.run.checkpoints / "best.pt").exists() else None
+        if best_state is not None:
+            self.model.load_state_dict(best_state["model"])
+            self.method.load_state_dict(best_state["method"])
+        train_out = self.evaluate("train").outputs
+        test_out = self.evaluate("test").outputs
+        y_train, y_test = train_out.get("y").astype(np.int64), test_out.get("y").astype(np.int64)
+        probe = {}
+        if self.config.train.probe:
+            for m in self.data.modalities:
+                probe[m] = linear_probe(train_out.get(f"features/{m}"), y_train,
+                                        test_out.get(f"features/{m}"), y_test, self.config.train.seed)
+        gap: dict[str, Any] = {}
+        if len(self.data.modalities) > 1:
+            gap["logits"] = modality_gap({m: test_out.get(f"logits/{m}") for m in self.data.modalities})
+            if f"projection/{self.data.modalities[0]}" in test_out:
+                gap["projection"] = modality_gap({m: test_out.get(f"projection/{m}") for m in self.data.modalities})
+        summary = {
+            "dataset": self.data.name, "modalities": list(self.data.modalities),
+            "method": self.config.method["name"], "seed": self.config.train.seed,
+            "best_epoch": best["epoch"], "test": best["test"], "test_last": last["test"], "val": best["val"],
+            "probe": probe, "gap": gap, "alpha_final": self.method.alpha,
+            "imbalance_test": imbalance_ratio({m: best["test"][m]["acc"] for m in self.data.modalities}),
+            "wall_s": round(self.state.wall_s, 2), "epochs": self.state.epoch,
+            "split_checksum": self.data.split_checksum(), "version": __version__,
+        }
+        self.run.write_json("summary.json", summary)
+        return summary
+
+
+def _finite_model(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
+    """runs/<dataset>-<modalities>-<method>-s<seed>, with -2, -3, ... when taken."""
+    data = config.data.name + (f"-{'+'.join(config.data.modalities)}" if config.data.modalities else "")
+    base = Path(root) / f"{data}-{config.method['name']}-s{config.train.seed}"
+    path, n = base, 1
+    while (path / "config.yaml").exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def train(config: Config, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train one run and return its summary (the contents of summary.json)."""
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    return Trainer(config, run_dir, resume).fit()
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The configuration a run folder was started with."""
+    saved = RunFolder(run_dir).read_yaml("config.yaml")
+    for key in ("version", "split_checksum"):
+        saved.pop(key, None)
+    return build(Config, saved)
