@@ -41,7 +41,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "mlp"
+    encoder: str = "auto"
+    """Encoder for every modality (`modgap list encoders`); auto: the one the dataset suggests."""
+    encoders: dict[str, str] = field(default_factory=dict)
+    """Per-modality encoder names, overriding `encoder` (e.g. {audio: resnet18_audio})."""
+    width: int = 64
+    """ResNets: channels of the first stage (64 is the standard ResNet-18; 8 for CPU tests)."""
+    pretrained: dict[str, str] = field(default_factory=dict)
+    """Per-modality path of encoder weights (a state_dict file) to start from."""
     hidden: tuple[int, ...] = (256,)
     feature_dim: int = 128
     dropout: float = 0.0
@@ -167,7 +174,7 @@ def build(cls: type, values: dict[str, Any], where: str = "", base: Any = None) 
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in hints:
-            raise ConfigError(f"unknown key '{path}'{closest(str(key), names)}")
+            raise ConfigError(f"unknown key '{path}'{closest(str(key), names, f'{where}.' if where else '')}")
         current = kwargs[key]
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             kwargs[key] = build(type(current), value, path, base=current)
@@ -241,6 +248,7 @@ def check(config: Config) -> None:
         (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
         (config.model.feature_dim >= 1, "model.feature_dim must be >= 1"),
+        (config.model.width >= 1, "model.width must be >= 1"),
         (all(h >= 1 for h in config.model.hidden), "model.hidden sizes must be >= 1"),
         (0.0 <= config.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (config.optim.lr > 0, "optim.lr must be > 0"),

@@ -26,10 +26,10 @@ class RunFolderError(ModgapError):
     """A run folder cannot be used (exists, locked, unwritable, corrupt checkpoint)."""
 
 
-def closest(word: str, choices: Iterable[str]) -> str:
+def closest(word: str, choices: Iterable[str], prefix: str = "") -> str:
     """A ' (did you mean X?)' hint, or a list of the valid choices when nothing is close."""
     choices = sorted(choices)
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     if match:
-        return f" (did you mean '{match[0]}'?)"
-    return f" (choose from: {', '.join(choices)})"
+        return f" (did you mean '{prefix}{match[0]}'?)"
+    return f" (choose from: {', '.join(prefix + c for c in choices)})"

@@ -49,6 +49,10 @@ class MultimodalDataset(abc.ABC):
     def input_shape(self, modality: str) -> tuple[int, ...]:
         """Shape of one sample of ``modality`` (what the encoder is built for)."""
 
+    def encoder_for(self, modality: str) -> str:
+        """The encoder this modality's inputs call for (used when model.encoder is auto)."""
+        return "mlp"
+
     @abc.abstractmethod
     def batch(self, rows: np.ndarray, train: bool) -> Batch:
         """The samples at ``rows``; ``train`` turns on online augmentation where a dataset has it."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError, DataError, closest
 from .encoders import ENCODERS
 from .fusion import FUSIONS
 
@@ -41,8 +42,42 @@ class MultimodalClassifier(nn.Module):
         return ModelOutput(features, logits, fused)
 
 
-def build_model(input_shapes: dict[str, tuple[int, ...]], num_classes: int, cfg: ModelConfig) -> MultimodalClassifier:
-    factory = ENCODERS.get(cfg.encoder)
-    encoders = {m: factory(shape, cfg) for m, shape in input_shapes.items()}
+def encoder_names(modalities: tuple[str, ...], suggested: dict[str, str], cfg: ModelConfig) -> dict[str, str]:
+    """model.encoders[m], else model.encoder, else (auto) what the dataset suggests."""
+    unknown = set(cfg.encoders) - set(modalities)
+    if unknown:
+        raise ConfigError(f"model.encoders names modality '{sorted(unknown)[0]}', which this run does not use"
+                          f"{closest(sorted(unknown)[0], modalities)}")
+    default = {m: (suggested[m] if cfg.encoder == "auto" else cfg.encoder) for m in modalities}
+    return {**default, **cfg.encoders}
+
+
+def build_model(input_shapes: dict[str, tuple[int, ...]], num_classes: int, cfg: ModelConfig,
+                suggested: dict[str, str] | None = None) -> MultimodalClassifier:
+    names = encoder_names(tuple(input_shapes), suggested or {m: "mlp" for m in input_shapes}, cfg)
+    encoders = {m: ENCODERS.get(names[m])(shape, cfg) for m, shape in input_shapes.items()}
+    for m, path in cfg.pretrained.items():
+        if m not in encoders:
+            raise ConfigError(f"model.pretrained names modality '{m}'{closest(m, tuple(encoders))}")
+        load_encoder_weights(encoders[m], path, m)
     fusion = FUSIONS.get(cfg.fusion)({m: e.out_dim for m, e in encoders.items()}, num_classes)
     return MultimodalClassifier(encoders, fusion)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str, modality: str) -> None:
+    """Start ``encoder`` from a state_dict file (a full checkpoint's ``encoders.<m>.`` part works too)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: pretrained weights for '{modality}' not found") from None
+    except Exception as exc:  # torch raises many kinds for a file that is not a state_dict
+        raise DataError(f"{path}: not a readable state_dict ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    prefix = f"encoders.{modality}."
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing:
+        raise DataError(f"{path}: weights do not fit the '{modality}' encoder (missing {missing[0]}"
+                        f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''})")

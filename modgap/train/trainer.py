@@ -104,7 +104,9 @@ class Trainer:
         seed_everything(config.train.seed)
         self.data: MultimodalDataset = load_dataset(config.data)
         shapes = {m: self.data.input_shape(m) for m in self.data.modalities}
-        self.model: MultimodalClassifier = build_model(shapes, self.data.num_classes, config.model).to(self.device)
+        suggested = {m: self.data.encoder_for(m) for m in self.data.modalities}
+        self.model: MultimodalClassifier = build_model(shapes, self.data.num_classes, config.model,
+                                                       suggested).to(self.device)
         dims = {m: e.out_dim for m, e in self.model.encoders.items()}
         self.method: Method = build_method(config.method, self.data.modalities, self.data.num_classes, dims).to(self.device)
         self.params = [p for p in [*self.model.parameters(), *self.method.parameters()] if p.requires_grad]
