@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (train on the bundled data) and `make test`.
+# Both create .venv on first use. TORCH picks the torch build to install first (CPU wheel here).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/modgap train
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/mfeat_quality.py
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
