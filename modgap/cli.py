@@ -38,6 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any setting, e.g. --set optim.lr=0.05 --set method.every=5")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("prepare", help="prepare a dataset from its raw download",
+                       description="Read a raw download, compute the presets and write a cached dataset folder.",
+                       epilog="example:\n  modgap prepare cremad --src ~/data/CREMA-D --out data/cremad --jobs 4\n"
+                              "  modgap train --data cremad:data/cremad --config configs/cremad.yaml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="dataset name (`modgap list datasets`)")
+    p.add_argument("--src", required=True, metavar="RAW_DIR", help="the raw download (layout: docs/datasets/<name>.md)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the prepared folder to write")
+    p.add_argument("--preset", metavar="NAME", help="audio preset (`modgap list presets`)")
+    p.add_argument("--frames", type=int, metavar="T", help="frames sampled per clip at training time")
+    p.add_argument("--max-frames", type=int, metavar="K", help="frames stored per clip (1 fps, spread evenly if more)")
+    p.add_argument("--image-size", type=int, metavar="S", help="stored image/frame side (default 224)")
+    p.add_argument("--text-model", metavar="NAME_OR_PATH", help="tokenizer for text modalities")
+    p.add_argument("--max-len", type=int, metavar="L", help="text truncation length in tokens")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="val carved from train where there is no official val (default 0.1)")
+    p.add_argument("--split-seed", type=int, default=0, metavar="S", help="seed of the val carve-out (default 0)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel worker processes (default 1)")
+    p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="stop at the first bad sample (default), or skip and record it in skipped.csv")
+    p.add_argument("--force", action="store_true", help="rebuild an existing prepared folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     ls = sub.add_parser("list", help="list datasets, methods, schedules, encoders, fusions",
                         description="List the registered components.")
     ls.add_argument("what", nargs="?", default="all",
@@ -51,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "prepare":
+            return cmd_prepare(args)
         if args.command == "list":
             return cmd_list(args.what)
         parser.print_help()
@@ -101,6 +125,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     METHODS.get(config.method["name"])  # an unknown method fails here, before any data is read
     summary = train(config, out=args.out, resume=args.resume)
     print(format_summary(summary))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare as prep
+
+    settings = {"preset": args.preset, "frames": args.frames, "max_frames": args.max_frames,
+                "image_size": args.image_size, "text_model": args.text_model, "max_len": args.max_len}
+    for key in ("frames", "max_frames", "image_size", "max_len", "jobs"):
+        value = settings.get(key, getattr(args, key, None))
+        if value is not None and value < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    report = prep.prepare(args.dataset, args.src, args.out, settings=settings, val_fraction=args.val_fraction,
+                          split_seed=args.split_seed, jobs=args.jobs, on_error=args.on_error,
+                          force=args.force, progress=not args.quiet)
+    print(report.format())
     return 0
 
 

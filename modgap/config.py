@@ -37,6 +37,12 @@ class DataConfig:
     eval_batch_size: int = 512
     standardize: bool = True
     """Feature tables: z-score each column with statistics of the train split only."""
+    frames: int = 0
+    """Frames sampled per clip (one per equal segment); 0 keeps the dataset's default."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Dataset-specific options (e.g. synth-av's sizes and noise levels)."""
+    on_error: str = "stop"
+    """Feature tables / manifests: stop at the first unreadable sample, or skip it and record it."""
 
 
 @dataclass
@@ -49,6 +55,10 @@ class ModelConfig:
     """ResNets: channels of the first stage (64 is the standard ResNet-18; 8 for CPU tests)."""
     pretrained: dict[str, str] = field(default_factory=dict)
     """Per-modality path of encoder weights (a state_dict file) to start from."""
+    text_model: str = "bert-base-uncased"
+    """Text encoder: a transformers model name or local path."""
+    text_pool: str = "cls"
+    """Text encoder pooling: cls or mean (masked)."""
     hidden: tuple[int, ...] = (256,)
     feature_dim: int = 128
     dropout: float = 0.0
@@ -246,6 +256,9 @@ def check(config: Config) -> None:
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
         (0.0 < config.data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
         (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (config.data.frames >= 0, "data.frames must be >= 0"),
+        (config.data.on_error in ("stop", "skip"), "data.on_error must be stop or skip"),
+        (config.model.text_pool in ("cls", "mean"), "model.text_pool must be cls or mean"),
         (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
         (config.model.feature_dim >= 1, "model.feature_dim must be >= 1"),
         (config.model.width >= 1, "model.width must be >= 1"),

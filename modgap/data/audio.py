@@ -397,6 +397,20 @@ class AudioPreset(abc.ABC):
                  rng: np.random.Generator | None = None) -> np.ndarray:
         """Transform a mono waveform sampled at ``sr`` Hz into features."""
 
+    # The prepared cache stores the deterministic part; ``online`` does the rest per batch.
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        """Shape of what :meth:`cache` returns (what ``modgap prepare`` stores)."""
+        return self.output_shape
+
+    def cache(self, wave: np.ndarray, sr: int) -> np.ndarray:
+        """The deterministic part of the transform (default: all of it, evaluation mode)."""
+        return self(wave, sr, train=False)
+
+    def online(self, cached: np.ndarray, *, train: bool, rng: np.random.Generator) -> np.ndarray:
+        """From cached arrays (..., *cache_shape) to features (..., *output_shape)."""
+        return cached
+
 
 @dataclass(frozen=True)
 class TiledSTFTPreset(AudioPreset):
@@ -462,6 +476,28 @@ class CroppedSTFTPreset(AudioPreset):
         start = self.crop_start(x.size, train=train, rng=rng)
         x = np.clip(x[start:start + self.crop_samples], -1.0, 1.0)
         return stft_log_magnitude(x, self.n_fft, self.hop_length, self.eps)
+
+    # Cached form: the log-STFT of the whole clip tiled (or cut) to ``min_samples``; the crop is
+    # taken online in the frame domain, at hop-aligned starts. Against cropping the waveform this
+    # differs only in the first and last frame (centre padding vs the neighbouring samples).
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        return 1 + self.n_fft // 2, 1 + self.min_samples // self.hop_length
+
+    def cache(self, wave: np.ndarray, sr: int) -> np.ndarray:
+        x = resample(_as_mono(wave), sr, self.sample_rate)
+        x = np.clip(tile_to(x, max(x.size, self.min_samples))[:self.min_samples], -1.0, 1.0)
+        return stft_log_magnitude(x, self.n_fft, self.hop_length, self.eps)
+
+    def online(self, cached: np.ndarray, *, train: bool, rng: np.random.Generator) -> np.ndarray:
+        width = self.output_shape[1]
+        slack = cached.shape[-1] - width
+        starts = (rng.integers(0, slack, size=cached.shape[:-2], endpoint=True) if train
+                  else np.full(cached.shape[:-2], slack // 2))
+        out = np.empty((*cached.shape[:-1], width), dtype=cached.dtype)
+        for index in np.ndindex(*cached.shape[:-2]):
+            out[index] = cached[index][:, starts[index]:starts[index] + width]
+        return out
 
 
 @dataclass(frozen=True)
