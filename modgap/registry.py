@@ -5,6 +5,8 @@ The trainer and CLI only ever look names up here; no caller branches on a compon
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -41,3 +43,9 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
+
+
+def import_submodules(package_name: str, package_path: list[str]) -> None:
+    """Import every module of a package, so that dropping a file in registers what it defines."""
+    for info in pkgutil.iter_modules(package_path):
+        importlib.import_module(f"{package_name}.{info.name}")

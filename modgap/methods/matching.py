@@ -45,6 +45,8 @@ def pairs(modalities: tuple[str, ...]) -> list[tuple[str, str]]:
 
 @MATCHING.register("js")
 class JSMatching(nn.Module):
+    """Mean pairwise Jensen-Shannon divergence of the per-modality predictions (released code)."""
+
     def __init__(self, feature_dims: dict[str, int], num_classes: int, proj_dim: int, tau: float) -> None:
         super().__init__()
         self.modalities = tuple(feature_dims)
@@ -59,6 +61,8 @@ class JSMatching(nn.Module):
 
 @MATCHING.register("infonce")
 class InfoNCEMatching(nn.Module):
+    """Mean pairwise symmetric InfoNCE of projected, L2-normalised features (the paper's text)."""
+
     def __init__(self, feature_dims: dict[str, int], num_classes: int, proj_dim: int, tau: float) -> None:
         super().__init__()
         self.modalities = tuple(feature_dims)

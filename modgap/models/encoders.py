@@ -38,4 +38,5 @@ class MLP(nn.Module):
 
 @ENCODERS.register("mlp")
 def mlp(input_shape: tuple[int, ...], cfg: ModelConfig) -> nn.Module:
+    """MLP on flattened feature vectors: model.hidden layers, then model.feature_dim features."""
     return MLP(math.prod(input_shape), cfg.hidden, cfg.feature_dim, cfg.dropout)
