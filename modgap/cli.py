@@ -120,9 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                 "progress": not args.quiet}}, base=config)
     else:
         config = make_config(args.config, overrides_from_flags(args), args.set)
-    from .methods import METHODS
+    from .methods.base import method_classes
 
-    METHODS.get(config.method["name"])  # an unknown method fails here, before any data is read
+    method_classes(config.method["name"])  # an unknown method fails here, before any data is read
     summary = train(config, out=args.out, resume=args.resume)
     print(format_summary(summary))
     return 0

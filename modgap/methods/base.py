@@ -20,7 +20,7 @@ Each method declares an ``Options`` dataclass; ``method.*`` config keys are chec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,6 +61,9 @@ class StepContext:
     """Returns the same first n validation samples every call."""
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     """Averages a tensor over processes (identity on one process)."""
+    iterate: Callable[..., Iterator[Batch]] | None = None
+    """iterate(split) yields the batches of a split in order, evaluation transforms, no shuffle.
+    Methods may pass over "train" and "val" (prototypes, held-out estimates); never "test"."""
 
     @property
     def progress(self) -> float:
@@ -73,6 +76,8 @@ class Method(nn.Module):
     summary: ClassVar[str] = ""
     max_modalities: ClassVar[int | None] = None
     """None: any number M >= 2 (or 1 where it makes sense)."""
+    fusion: ClassVar[str | None] = None
+    """A fusion the method needs (e.g. a shared head); None: model.fusion from the config."""
 
     @dataclass
     class Options:
@@ -126,12 +131,28 @@ def register(cls: type[Method]) -> type[Method]:
     return METHODS.register(cls.name)(cls)
 
 
+def method_classes(name: str) -> list[type[Method]]:
+    """The classes named by ``name``: one, or several joined by '+' (a composition)."""
+    return [METHODS.get(part) for part in name.split("+")]
+
+
+def required_fusion(name: str) -> str | None:
+    fusions = {c.fusion for c in method_classes(name) if c.fusion}
+    if len(fusions) > 1:
+        raise ConfigError(f"methods in '{name}' need different fusions: {', '.join(sorted(fusions))}")
+    return fusions.pop() if fusions else None
+
+
 def build_method(spec: dict[str, Any], modalities: tuple[str, ...], num_classes: int,
                  feature_dims: dict[str, int]) -> Method:
     spec = dict(spec)
-    cls = METHODS.get(str(spec.pop("name")))
-    options = build(cls.Options, spec, where="method")
-    return cls(options, modalities, num_classes, feature_dims)
+    name = str(spec.pop("name"))
+    classes = method_classes(name)
+    if len(classes) == 1:
+        return classes[0](build(classes[0].Options, spec, where="method"), modalities, num_classes, feature_dims)
+    from .compose import Composite
+
+    return Composite.build(classes, spec, modalities, num_classes, feature_dims)
 
 
 def options_of(cls: type[Method]) -> dict[str, Any]:

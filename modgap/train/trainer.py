@@ -26,6 +26,7 @@ from ..data import MultimodalDataset, load_dataset
 from ..data.base import Batch
 from ..errors import ModgapError, RunFolderError
 from ..methods import Method, StepContext, build_method
+from ..methods.base import required_fusion
 from ..models import MultimodalClassifier, build_model
 from .metrics import (OutputAccumulator, classification_metrics, imbalance_ratio, linear_probe,
                       modality_gap)
@@ -105,7 +106,11 @@ class Trainer:
         self.data: MultimodalDataset = load_dataset(config.data)
         shapes = {m: self.data.input_shape(m) for m in self.data.modalities}
         suggested = {m: self.data.encoder_for(m) for m in self.data.modalities}
-        self.model: MultimodalClassifier = build_model(shapes, self.data.num_classes, config.model,
+        model_cfg = config.model
+        fusion = required_fusion(config.method["name"])
+        if fusion is not None:
+            model_cfg = build(type(model_cfg), {"fusion": fusion}, base=model_cfg)
+        self.model: MultimodalClassifier = build_model(shapes, self.data.num_classes, model_cfg,
                                                        suggested).to(self.device)
         dims = {m: e.out_dim for m, e in self.model.encoders.items()}
         self.method: Method = build_method(config.method, self.data.modalities, self.data.num_classes, dims).to(self.device)
@@ -116,7 +121,7 @@ class Trainer:
         steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size)
         self.ctx = StepContext(self.model, self.optimizer, self.params, epochs=config.train.epochs,
                                steps_per_epoch=steps, next_val_batch=self._next_val_batch,
-                               fixed_val_batch=self._fixed_val_batch)
+                               fixed_val_batch=self._fixed_val_batch, iterate=self._iterate)
 
     # ---- data --------------------------------------------------------------------------------
     def batches(self, split: str, train: bool, epoch: int = 0) -> Iterator[Batch]:
@@ -135,6 +140,11 @@ class Trainer:
         order = rows[permutation(len(rows), self.config.train.seed, 1_000_003, cycle)]
         self.state.val_cursor += 1
         return self.data.batch(order[k * size:(k + 1) * size], train=False).to(self.device)
+
+    def _iterate(self, split: str) -> Iterator[Batch]:
+        if split == "test":
+            raise RuntimeError("a method asked for the test split; the test split is never used for decisions")
+        return self.batches(split, train=False)
 
     def _fixed_val_batch(self, n: int) -> Batch:
         return self.data.batch(self.data.splits["val"][:n], train=False).to(self.device)

@@ -1,0 +1,91 @@
+"""Composition: ``--method a+b`` runs several methods' hooks in one training step.
+
+The first method defines the loss, the backward pass, the prediction and alpha (e.g. lfm-lb); the
+others add what acts on gradients, steps and epochs (e.g. ogm-ge's per-encoder modulation):
+
+    losses, backward, predict, alpha, projections   -> the first method
+    after_backward, after_step, on_epoch_*          -> every method, in order
+
+Options go to the method whose Options declare them; a key two of them declare must be given as
+``method.<method name>.<key>`` (e.g. --set method.ogm-ge.alpha=0.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from ..config import build
+from ..errors import ConfigError, closest
+from .base import Method
+
+
+class Composite(Method):
+    name = "composite"
+    summary = "several methods' hooks in one step (first: loss; all: gradient and epoch hooks)"
+
+    def __init__(self, parts: list[Method]) -> None:
+        nn.Module.__init__(self)
+        self.parts = nn.ModuleList(parts)
+        self.modalities, self.num_classes = parts[0].modalities, parts[0].num_classes
+        self.options = {p.name: p.options for p in parts}
+
+    @classmethod
+    def build(cls, classes: list[type[Method]], spec: dict[str, Any], modalities, num_classes,
+              feature_dims) -> "Composite":
+        names = [c.name for c in classes]
+        fields = {c.name: {f.name for f in dataclasses.fields(c.Options)} for c in classes}
+        per: dict[str, dict[str, Any]] = {n: {} for n in names}
+        for key, value in spec.items():
+            if key in per and isinstance(value, dict):
+                per[key].update(value)
+                continue
+            owners = [n for n in names if key in fields[n]]
+            if not owners:
+                every = sorted(set().union(*fields.values()) | set(names))
+                raise ConfigError(f"unknown key 'method.{key}' for {'+'.join(names)}{closest(key, every, 'method.')}")
+            if len(owners) > 1:
+                raise ConfigError(f"'method.{key}' is an option of {' and '.join(owners)}: "
+                                  f"write method.{owners[0]}.{key} or method.{owners[1]}.{key}")
+            per[owners[0]][key] = value
+        parts = [c(build(c.Options, per[c.name], where=f"method.{c.name}"), modalities, num_classes, feature_dims)
+                 for c in classes]
+        return cls(parts)
+
+    @property
+    def first(self) -> Method:
+        return self.parts[0]
+
+    def losses(self, out, batch, ctx):
+        return self.first.losses(out, batch, ctx)
+
+    def backward(self, losses, ctx):
+        self.first.backward(losses, ctx)
+
+    def after_backward(self, ctx):
+        for p in self.parts:
+            p.after_backward(ctx)
+
+    def after_step(self, ctx):
+        for p in self.parts:
+            p.after_step(ctx)
+
+    def on_epoch_start(self, ctx):
+        for p in self.parts:
+            p.on_epoch_start(ctx)
+
+    def on_epoch_end(self, ctx):
+        for p in self.parts:
+            p.on_epoch_end(ctx)
+
+    def predict(self, out):
+        return self.first.predict(out)
+
+    @property
+    def alpha(self):
+        return next((p.alpha for p in self.parts if p.alpha is not None), None)
+
+    def projections(self, out):
+        return self.first.projections(out)
