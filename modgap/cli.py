@@ -60,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild an existing prepared folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    b = sub.add_parser("bench", help="run a grid of methods x datasets x seeds and tabulate it",
+                       description="Run every cell of the grid as its own run folder (finished cells are skipped, "
+                                   "interrupted ones resumed), then write results.csv, table.md and table.tex.",
+                       epilog="examples:\n  modgap bench --methods unimodal,joint,lfm-h,lfm-lb --data mfeat:pix+fou,mfeat:fac+mor "
+                              "--seeds 0,1,2 --out bench/mfeat\n"
+                              "  modgap bench --methods 'lfm-h[schedule=constant,w0=0.5],lfm-lb' --data mfeat --seeds 0,1 --out bench/x\n"
+                              "  modgap bench --collect bench/mfeat",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--methods", metavar="M1,M2", help="methods, optionally with options: lfm-h[schedule=exp]")
+    b.add_argument("--data", metavar="D1,D2", help="datasets as in train --data (mfeat:pix+fou, tables:PATH, ...)")
+    b.add_argument("--seeds", default="0,1,2", metavar="S1,S2", help="training seeds (default 0,1,2)")
+    b.add_argument("--out", metavar="DIR", help="bench folder")
+    b.add_argument("--jobs", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    b.add_argument("--epochs", type=int, metavar="N", help="epochs for every run")
+    b.add_argument("--config", metavar="FILE", help="a YAML config applied to every run")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    b.add_argument("--collect", metavar="DIR", help="only rebuild the tables of an existing bench folder")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+
     ls = sub.add_parser("list", help="list datasets, methods, schedules, encoders, fusions",
                         description="List the registered components.")
     ls.add_argument("what", nargs="?", default="all",
@@ -75,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         if args.command == "list":
             return cmd_list(args.what)
         parser.print_help()
@@ -141,6 +162,29 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                           split_seed=args.split_seed, jobs=args.jobs, on_error=args.on_error,
                           force=args.force, progress=not args.quiet)
     print(report.format())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, split_list
+    from .report.tables import collect, markdown
+
+    if args.collect:
+        print(markdown(collect(args.collect)))
+        return 0
+    missing = [flag for flag, value in (("--methods", args.methods), ("--data", args.data), ("--out", args.out)) if not value]
+    if missing:
+        raise ConfigError(f"modgap bench needs {', '.join(missing)} (or --collect DIR)")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds expects integers separated by commas, got '{args.seeds}'") from None
+    result = bench(split_list(args.methods), split_list(args.data), seeds, args.out, jobs=args.jobs,
+                   epochs=args.epochs, sets=args.set, config=args.config, progress=not args.quiet)
+    print(markdown(result["aggregate"]))
+    if result["failed"]:
+        print(f"modgap: {result['failed']} of {result['cells']} runs failed; see their train.log", file=sys.stderr)
+        return 1
     return 0
 
 

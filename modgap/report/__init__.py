@@ -1,0 +1,1 @@
+"""Reports from run folders: result tables (tables.py); plots come with `modgap report`."""

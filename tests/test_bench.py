@@ -1,0 +1,83 @@
+"""`modgap bench`: the grid, skipping finished cells, resuming killed ones, and the tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from modgap.bench import parse_method, split_list
+from modgap.cli import main
+from modgap.errors import ConfigError
+from modgap.report.tables import aggregate, markdown, ranks
+
+TINY = ["--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false"]
+
+
+def test_split_and_parse_method_entries():
+    assert split_list("joint,lfm-h[schedule=constant,w0=0.5],lfm-lb") == ["joint", "lfm-h[schedule=constant,w0=0.5]", "lfm-lb"]
+    assert parse_method("lfm-h[schedule=constant,w0=0.5]") == ("lfm-h", {"schedule": "constant", "w0": 0.5})
+    with pytest.raises(ConfigError, match="did you mean 'joint'"):
+        parse_method("jont")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_method("lfm-h[schedule]")
+
+
+def test_bench_runs_grid_skips_finished_cells_and_writes_tables(tmp_path, capsys):
+    out = tmp_path / "b"
+    args = ["bench", "--methods", "unimodal,joint,lfm-h[schedule=exp]", "--data", "mfeat:pix+fou", "--seeds", "0,1",
+            "--epochs", "2", "--out", str(out), "--quiet", "--jobs", "2", *TINY]
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"unimodal", "joint", "lfm-h[schedule=exp]"}
+    table = (out / "table.md").read_text()
+    assert "**" in table and "<u>" in table and "mfeat:pix+fou" in table
+    assert (out / "table.tex").read_text().count("\\\\") >= 4
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    victim = out / "mfeat-pix+fou__joint__s1" / "summary.json"
+    victim.unlink()
+    assert main(args) == 0
+    for path, mtime in finished.items():
+        if path != victim:
+            assert path.stat().st_mtime_ns == mtime  # not rerun
+    assert victim.exists()
+
+
+def test_killed_bench_resumes_without_rerunning_finished_cells(tmp_path):
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "modgap", "bench", "--methods", "joint,lfm-lb", "--data", "mfeat", "--seeds", "0",
+           "--epochs", "12", "--out", str(out), "--quiet", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*/summary.json")):
+        time.sleep(0.2)
+    import os
+    os.killpg(proc.pid, signal.SIGKILL)  # the bench and the run it was in
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    assert len(done) == 1, "the kill should land while the second cell runs"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    for path, mtime in done.items():
+        assert path.stat().st_mtime_ns == mtime
+    assert len(list(out.glob("*/summary.json"))) == 2
+    second = [p for p in out.glob("*/summary.json") if p not in done][0]
+    assert json.loads(second.read_text())["epochs"] == 12
+
+
+def test_collect_needs_runs_and_ranks_mark_best_and_second(tmp_path, capsys):
+    assert main(["bench", "--collect", str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+    run = {"data_label": "d", "modalities": ["a", "b"], "seed": 0, "imbalance_test": 1.0,
+           "test": {"fused": {"acc": 0.5, "map": 0.5, "f1": 0.5}, "a": {"acc": 0.6}, "b": {"acc": 0.4}}}
+    runs = [{**run, "label": "unimodal"},
+            {**run, "label": "x", "test": {**run["test"], "fused": {"acc": 0.7, "map": 0.7, "f1": 0.7}}},
+            {**run, "label": "y", "test": {**run["test"], "fused": {"acc": 0.55, "map": 0.55, "f1": 0.55}}}]
+    agg = aggregate(runs)
+    assert ranks(agg["d"], "acc") == {"x": 1, "y": 2, "unimodal": 3}
+    text = markdown(agg)
+    assert "| y † |" in text and "| x |" in text  # y (55) is below the best unimodal modality (60)
