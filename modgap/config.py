@@ -8,6 +8,7 @@ method's own ``Options`` dataclass when the method is built.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,10 @@ class TrainConfig:
     """Fit a linear probe per modality on frozen features at the end of the run."""
     progress: bool = True
     checkpoint_best: bool = True
+    on_nonfinite: str = "stop"
+    """A non-finite loss or gradient: stop (naming epoch, step and sample ids) or skip the step and count it."""
+    check_grads: bool = True
+    """Check gradients for NaN/inf before every optimiser step."""
 
 
 @dataclass
@@ -117,6 +122,9 @@ def _plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- checking values against types
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Return ``value`` as ``annotation`` or raise a one-line ConfigError naming ``where``."""
     origin = typing.get_origin(annotation)
@@ -158,6 +166,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
             if value != value:
@@ -258,6 +268,7 @@ def check(config: Config) -> None:
         (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (config.data.frames >= 0, "data.frames must be >= 0"),
         (config.data.on_error in ("stop", "skip"), "data.on_error must be stop or skip"),
+        (config.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite must be stop or skip"),
         (config.model.text_pool in ("cls", "mean"), "model.text_pool must be cls or mean"),
         (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
         (config.model.feature_dim >= 1, "model.feature_dim must be >= 1"),

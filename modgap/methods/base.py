@@ -20,6 +20,7 @@ Each method declares an ``Options`` dataclass; ``method.*`` config keys are chec
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -64,6 +65,16 @@ class StepContext:
     iterate: Callable[..., Iterator[Batch]] | None = None
     """iterate(split) yields the batches of a split in order, evaluation transforms, no shuffle.
     Methods may pass over "train" and "val" (prototypes, held-out estimates); never "test"."""
+    train_batches: Callable[[int], Iterator[Batch]] | None = None
+    """train_batches(epoch) yields the train split exactly as the trainer's own pass of that epoch:
+    shuffled by (seed, epoch), training transforms (for methods that train models of their own,
+    e.g. UMT's uni-modal teachers). None in loops that do not provide it."""
+    out: ModelOutput | None = None
+    """The current training step's model output, recorded when the step's losses are computed
+    (``Method.losses`` of any method records it), so gradient hooks of a composition's later
+    parts (e.g. ogm-ge's after_backward in ``lfm-lb+ogm-ge``) see the logits of this step."""
+    batch: Batch | None = None
+    """The current training step's batch, recorded with ``out``."""
 
     @property
     def progress(self) -> float:
@@ -82,6 +93,21 @@ class Method(nn.Module):
     @dataclass
     class Options:
         pass
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every ``losses`` records the step's output and batch in ``ctx`` (StepContext.out/batch)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("losses")
+        if own is None or getattr(own, "_records_step", False):
+            return
+
+        @functools.wraps(own)
+        def losses(self, out, batch, ctx):
+            ctx.out, ctx.batch = out, batch
+            return own(self, out, batch, ctx)
+
+        losses._records_step = True
+        cls.losses = losses
 
     def __init__(self, options: Any, modalities: tuple[str, ...], num_classes: int,
                  feature_dims: dict[str, int]) -> None:
@@ -104,6 +130,9 @@ class Method(nn.Module):
 
     def after_step(self, ctx: StepContext) -> None:
         pass
+
+    def on_skipped_step(self, ctx: StepContext) -> None:
+        """The trainer skipped this step (non-finite loss or gradient): drop anything kept for it."""
 
     def on_epoch_start(self, ctx: StepContext) -> None:
         pass

@@ -72,6 +72,10 @@ class Composite(Method):
         for p in self.parts:
             p.after_step(ctx)
 
+    def on_skipped_step(self, ctx):
+        for p in self.parts:
+            p.on_skipped_step(ctx)
+
     def on_epoch_start(self, ctx):
         for p in self.parts:
             p.on_epoch_start(ctx)

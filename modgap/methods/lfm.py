@@ -377,6 +377,9 @@ class LFMLearned(LFMBase):
             val_loss = cross_entropy(ctx.model(val.inputs).fused, val.y)
             self.learner.step(val_loss, ctx.optimizer, ctx.params, ctx.all_reduce_mean)
 
+    def on_skipped_step(self, ctx: StepContext) -> None:
+        self._pending = False
+
     def on_epoch_end(self, ctx: StepContext) -> None:
         if self.options.variant != "official":
             return

@@ -20,6 +20,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -158,7 +160,7 @@ class RunFolder:
         alpha = self.path / "alpha.csv"
         if alpha.exists():
             rows = list(csv.reader(alpha.open(newline="")))
-            good = [r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) < steps_done]
+            good = [r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) <= steps_done]  # steps count from 1
             atomic_write_text(alpha, "".join(",".join(r) + "\n" for r in [rows[0], *good]))
 
     def alpha_writer(self) -> "AlphaLog":
@@ -174,6 +176,38 @@ class RunFolder:
 
     def load(self, name: str) -> dict[str, Any]:
         return load_checkpoint(self.checkpoints / name)
+
+    def save_last(self, state: dict[str, Any]) -> None:
+        """last.pt, keeping the one before it as last.prev.pt (used if last.pt turns out corrupt)."""
+        last = self.checkpoints / "last.pt"
+        if last.exists():
+            os.replace(last, self.checkpoints / "last.prev.pt")
+        self.save("last.pt", state)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest good checkpoint: last.pt, or last.prev.pt when last.pt is missing or corrupt."""
+        problems = []
+        for name in ("last.pt", "last.prev.pt"):
+            if not (self.checkpoints / name).exists():
+                continue
+            try:
+                state = self.load(name)
+            except RunFolderError as exc:
+                problems.append(str(exc))
+                continue
+            for problem in problems:
+                print(f"modgap: warning: {problem}; resuming from {name} instead", file=sys.stderr)
+            return state
+        if problems:
+            raise RunFolderError(problems[-1] + "; no good checkpoint left to resume from")
+        return None
+
+    def check_space(self, needed_bytes: int) -> None:
+        """Refuse to start when the disk cannot hold a few checkpoints."""
+        free = shutil.disk_usage(self.path).free
+        if free < needed_bytes:
+            raise RunFolderError(f"{self.path}: only {free / 2**20:.0f} MiB free, a run needs about "
+                                 f"{needed_bytes / 2**20:.0f} MiB for its checkpoints")
 
 
 class AlphaLog:

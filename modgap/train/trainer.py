@@ -49,6 +49,8 @@ class Progress:
     best_val: float = -math.inf
     val_cursor: int = 0
     """Validation batches handed to the method so far (its stream resumes from here)."""
+    skipped_steps: int = 0
+    """Steps skipped for a non-finite loss or gradient (train.on_nonfinite=skip)."""
     wall_s: float = 0.0
 
 
@@ -121,7 +123,8 @@ class Trainer:
         steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size)
         self.ctx = StepContext(self.model, self.optimizer, self.params, epochs=config.train.epochs,
                                steps_per_epoch=steps, next_val_batch=self._next_val_batch,
-                               fixed_val_batch=self._fixed_val_batch, iterate=self._iterate)
+                               fixed_val_batch=self._fixed_val_batch, iterate=self._iterate,
+                               train_batches=lambda epoch: self.batches("train", train=True, epoch=epoch))
 
     # ---- data --------------------------------------------------------------------------------
     def batches(self, split: str, train: bool, epoch: int = 0) -> Iterator[Batch]:
@@ -163,6 +166,11 @@ class Trainer:
         self.state = Progress(**state["progress"])
         set_rng_state(state["rng"])
 
+    def checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint: weights, and up to two optimiser buffers per weight."""
+        weights = sum(p.numel() * p.element_size() for p in self.params)
+        return 3 * weights
+
     def _start(self) -> None:
         cfg_dict = {**self.config.to_dict(), "version": __version__, "split_checksum": self.data.split_checksum()}
         if self.resume:
@@ -172,14 +180,16 @@ class Trainer:
             if saved.get("split_checksum") != self.data.split_checksum():
                 raise RunFolderError(f"{self.run.path}: the data split differs from the one this run started with")
             self.run.prepare()
-            if (self.run.checkpoints / "last.pt").exists():
-                self.load_state_dict(self.run.load("last.pt"))
+            state = self.run.load_latest()
+            if state is not None:
+                self.load_state_dict(state)
             self.run.truncate_logs(self.state.epoch, self.state.step)
             self.run.write_yaml("config.yaml", cfg_dict)  # epochs may have been extended
         else:
             if self.run.has_run():
                 raise RunFolderError(f"{self.run.path}: already holds a run; add --resume to continue it, or choose another --out")
             self.run.prepare()
+            self.run.check_space(4 * self.checkpoint_bytes() + (16 << 20))
             self.run.write_yaml("config.yaml", cfg_dict)
             self.run.write_json("splits.json", {"checksum": self.data.split_checksum(), **self.data.split_ids()})
 
@@ -210,7 +220,7 @@ class Trainer:
             seen = 0
             for batch in self.batches("train", train=True, epoch=epoch):
                 self.ctx.step = self.state.step
-                terms = self.train_step(batch)
+                terms = self.train_step(batch) or {}
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v * len(batch)
                 seen += len(batch)
@@ -238,28 +248,39 @@ class Trainer:
             state = self.state_dict()
             if improved and cfg.train.checkpoint_best:
                 self.run.save("best.pt", state)
-            self.run.save("last.pt", state)
+            self.run.save_last(state)
             bar.set_postfix(loss=f"{record['train'].get('total', record['train'].get('cls', 0)):.3f}",
                             val=f"{val['fused']['acc']:.3f}",
                             **({"alpha": f"{self.method.alpha:.3f}"} if self.method.alpha is not None else {}))
         bar.close()
         return self.finish()
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        """One optimiser step; None when a non-finite loss or gradient made it skip (on_nonfinite=skip)."""
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model(batch.inputs)
         losses = self.method.losses(out, batch, self.ctx)
         if not torch.isfinite(losses.total):
-            ids = ", ".join(self.data.ids[i] for i in batch.index[:5].tolist())
-            raise TrainingError(f"non-finite loss at epoch {self.state.epoch}, step {self.state.step} "
-                                f"(batch starts with ids {ids})")
+            return self._nonfinite("loss", batch)
         self.method.backward(losses, self.ctx)
         self.method.after_backward(self.ctx)
+        if self.config.train.check_grads and not _finite_grads(self.params):
+            return self._nonfinite("gradient", batch)
         self.optimizer.step()
         self.method.after_step(self.ctx)
         terms = {k: float(v.detach()) for k, v in losses.terms.items()}
         terms["total"] = float(losses.total.detach())
         return terms
+
+    def _nonfinite(self, what: str, batch: Batch) -> None:
+        ids = ", ".join(self.data.ids[i] for i in batch.index[:5].tolist())
+        where = f"non-finite {what} at epoch {self.state.epoch}, step {self.state.step} (batch starts with ids {ids})"
+        if self.config.train.on_nonfinite == "stop":
+            raise TrainingError(f"{where}; nothing was saved from this epoch (train.on_nonfinite=skip skips such steps)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.on_skipped_step(self.ctx)
+        self.state.skipped_steps += 1
+        return None
 
     @torch.no_grad()
     def evaluate(self, split: str) -> EvalResult:
@@ -312,10 +333,16 @@ class Trainer:
             "probe": probe, "gap": gap, "alpha_final": self.method.alpha,
             "imbalance_test": imbalance_ratio({m: best["test"][m]["acc"] for m in self.data.modalities}),
             "wall_s": round(self.state.wall_s, 2), "epochs": self.state.epoch,
+            "skipped_steps": self.state.skipped_steps,
             "split_checksum": self.data.split_checksum(), "version": __version__,
         }
         self.run.write_json("summary.json", summary)
         return summary
+
+
+def _finite_grads(params: list[torch.nn.Parameter]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.stack([g.detach().abs().sum() for g in grads]).sum()))
 
 
 def _finite_model(model: torch.nn.Module) -> bool:
