@@ -166,9 +166,10 @@ def random_resized_crop_boxes(n: int, height: int, width: int) -> list[tuple[int
 
 
 def augment_and_normalise(images: torch.Tensor, train: bool, mean: tuple[float, ...],
-                          std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (N, K, H, W, C) -> float (N, K, C, H, W). Training: one RandomResizedCrop and one
-    horizontal flip per sample, shared by its K frames. Evaluation: the stored (resized) frames."""
+                          std: tuple[float, ...], flip: bool = True) -> torch.Tensor:
+    """uint8 (N, K, H, W, C) -> float (N, K, C, H, W). Training: one RandomResizedCrop and (unless
+    ``flip`` is off) one horizontal flip per sample, shared by its K frames. Evaluation: the stored
+    (resized) frames."""
     x = images.permute(0, 1, 4, 2, 3).float().div_(255.0)
     n, k, c, h, w = x.shape
     if train:
@@ -176,8 +177,9 @@ def augment_and_normalise(images: torch.Tensor, train: bool, mean: tuple[float, 
         for i, (top, left, bh, bw) in enumerate(random_resized_crop_boxes(n, h, w)):
             crop = x[i, :, :, top:top + bh, left:left + bw]
             out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        flip = torch.rand(n) < 0.5
-        out[flip] = out[flip].flip(-1)
+        if flip:
+            flipped = torch.rand(n) < 0.5
+            out[flipped] = out[flipped].flip(-1)
         x = out
     mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 1, c, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype).view(1, 1, c, 1, 1)
@@ -295,8 +297,10 @@ class FramesKind(ModalityKind):
     has_count = True
 
     def __init__(self, image_size: int = 224, max_frames: int = 10, frames: int = 3, channels: int = 3,
-                 every: int = 1) -> None:
-        super().__init__(image_size=image_size, max_frames=max_frames, frames=frames, channels=channels, every=every)
+                 every: int = 1, flip: bool = True) -> None:
+        # flip: horizontal flips in training; off for data whose classes are mirror images (gestures)
+        super().__init__(image_size=image_size, max_frames=max_frames, frames=frames, channels=channels, every=every,
+                         flip=flip)
         self.size, self.max_frames, self.frames, self.channels = image_size, max_frames, frames, channels
 
     @property
@@ -323,7 +327,8 @@ class FramesKind(ModalityKind):
         t = frames or self.frames
         idx = segment_indices(counts, t, train)
         chosen = np.stack([cached[i][idx[i]] for i in range(len(idx))])
-        return augment_and_normalise(torch.from_numpy(chosen), train, *norm_for(self.channels))
+        return augment_and_normalise(torch.from_numpy(chosen), train, *norm_for(self.channels),
+                                     flip=self.params.get("flip", True))
 
     def input_shape(self, frames: int | None = None) -> tuple[int, ...]:
         return (frames or self.frames, self.channels, self.size, self.size)

@@ -57,6 +57,9 @@ class RawIndex:
     source_files: dict[str, str] = field(default_factory=dict)
     """Split / label files read, name -> sha256 (recorded in the manifest)."""
     notes: dict[str, Any] = field(default_factory=dict)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    """(id, reason) for listed samples left out by a documented convention of the dataset (duplicated
+    ids, classes filtered out): recorded in skipped.csv like problems, but never a reason to stop."""
 
 
 class RawFormat:
@@ -73,6 +76,13 @@ class RawFormat:
 
     def index(self, src: Path, options: dict[str, Any]) -> RawIndex:
         raise NotImplementedError
+
+    def for_source(self, src: Path) -> "RawFormat":
+        """This format fitted to one raw download. A fixed layout needs a folder and returns itself;
+        a generic format (the file manifest) reads its columns here and returns a fitted copy."""
+        if not src.is_dir():
+            raise DataError(f"{src}: raw download folder not found")
+        return self
 
     def kinds(self, settings: dict[str, Any]) -> dict[str, ModalityKind]:
         """Each modality's kind, with the user's settings (preset, frames, ...) over the defaults."""
@@ -166,8 +176,7 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
         raise ConfigError(f"--on-error must be stop or skip, got '{on_error}'")
     if not 0 < val_fraction < 1:
         raise ConfigError("--val-fraction must be in (0, 1)")
-    if not src.is_dir():
-        raise DataError(f"{src}: raw download folder not found")
+    fmt = fmt.for_source(src)
     if (out / "manifest.json").exists() and not force:
         raise DataError(f"{out}: already a prepared folder; add --force to rebuild it")
     kinds = fmt.kinds(settings or {})
@@ -176,6 +185,7 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
     if skipped and on_error == "stop":
         raise DataError(f"{skipped[0][1]} (id {skipped[0][0]}; {len(skipped)} problem(s) in all; "
                         f"--on-error skip records them and goes on)")
+    skipped += index.dropped
     class_of = {c: i for i, c in enumerate(index.classes)}
     samples = []
     for s in index.samples:
