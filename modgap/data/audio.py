@@ -169,6 +169,8 @@ def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
         x, sr = _read_wav_scipy(path)
     except EOFError:
         raise _wav_error(path, "unexpected end of file in the header") from None
+    except RuntimeError:  # the wave module's chunk reader, on a chunk that runs past the end of the file
+        raise _wav_error(path, "corrupt chunk structure") from None
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     return mono.astype(np.float32), int(sr)
 

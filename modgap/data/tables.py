@@ -77,9 +77,13 @@ def read_labels(path: Path) -> tuple[list[str], list[str], list[str] | None]:
 def read_modality(path: Path, ids: list[str]) -> np.ndarray:
     if path.suffix == ".npy":
         try:
-            x = np.load(path, allow_pickle=False)
+            with path.open("rb") as f:
+                magic = f.read(6)
+            x = np.load(path, allow_pickle=False) if magic == b"\x93NUMPY" else None
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        if x is None:  # np.load would blame pickled data, misleadingly
+            raise DataError(f"{path}: not a .npy file (no NumPy header; write it with numpy.save)")
         if x.ndim != 2 or x.shape[0] != len(ids):
             raise DataError(f"{path}: expected shape ({len(ids)}, features) in the row order of labels.csv, got {x.shape}")
         if not np.issubdtype(x.dtype, np.number):

@@ -5,3 +5,7 @@ from .encoders import ENCODERS
 from .fusion import FUSIONS
 
 __all__ = ["ModelOutput", "MultimodalClassifier", "build_model", "ENCODERS", "FUSIONS"]
+
+from ..registry import import_submodules  # noqa: E402
+
+import_submodules(__name__, __path__)  # every file here registers itself
