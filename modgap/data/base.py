@@ -26,10 +26,12 @@ class Batch:
     y: torch.Tensor
     index: torch.Tensor
     """Row indices into the dataset (to name samples in messages and to gather outputs)."""
+    share: float = 1.0
+    """This process's share of the global batch (1 on one process; see train/distributed.py)."""
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch({m: x.to(device, non_blocking=True) for m, x in self.inputs.items()},
-                     self.y.to(device, non_blocking=True), self.index)
+                     self.y.to(device, non_blocking=True), self.index, self.share)
 
     def __len__(self) -> int:
         return len(self.y)

@@ -20,7 +20,6 @@ Each method declares an ``Options`` dataclass; ``method.*`` config keys are chec
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -56,12 +55,19 @@ class StepContext:
     step: int = 0
     """Optimiser steps taken before this one (global, from 0)."""
     steps_per_epoch: int = 1
+    share: float = 1.0
+    """This process's share of the current global training batch (1 on one process)."""
     next_val_batch: Callable[[], Batch] | None = None
     """Returns the next batch of the validation split (cycling); never the test split."""
     fixed_val_batch: Callable[[int], Batch] | None = None
     """Returns the same first n validation samples every call."""
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     """Averages a tensor over processes (identity on one process)."""
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    """Sums a tensor over processes (identity on one process): counts, sums for prototypes."""
+    reduce_weighted: Callable[[list[torch.Tensor], float], None] = lambda tensors, share: None
+    """In place, sum over processes of share * tensor: with share = batch.share, a per-batch mean
+    computed on this process's shard becomes the global-batch value (nothing on one process)."""
     iterate: Callable[..., Iterator[Batch]] | None = None
     """iterate(split) yields the batches of a split in order, evaluation transforms, no shuffle.
     Methods may pass over "train" and "val" (prototypes, held-out estimates); never "test"."""
@@ -93,21 +99,6 @@ class Method(nn.Module):
     @dataclass
     class Options:
         pass
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every ``losses`` records the step's output and batch in ``ctx`` (StepContext.out/batch)."""
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("losses")
-        if own is None or getattr(own, "_records_step", False):
-            return
-
-        @functools.wraps(own)
-        def losses(self, out, batch, ctx):
-            ctx.out, ctx.batch = out, batch
-            return own(self, out, batch, ctx)
-
-        losses._records_step = True
-        cls.losses = losses
 
     def __init__(self, options: Any, modalities: tuple[str, ...], num_classes: int,
                  feature_dims: dict[str, int]) -> None:

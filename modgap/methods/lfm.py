@@ -164,8 +164,12 @@ class AlphaLearner:
         self._pre: list[dict[str, Any] | None] = []
 
     def backward(self, cls_loss: torch.Tensor, match_loss: torch.Tensor, params: Sequence[torch.Tensor],
-                 loss_scale: float, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Accumulate s * (alpha g_cls + (1 - alpha) g_match) into p.grad and keep s * (g_cls - g_match)."""
+                 loss_scale: float, optimizer: torch.optim.Optimizer | None = None,
+                 reduce: Callable[[list[torch.Tensor]], None] | None = None) -> None:
+        """Accumulate s * (alpha g_cls + (1 - alpha) g_match) into p.grad and keep s * (g_cls - g_match).
+
+        ``reduce`` combines the kept difference over processes (in place); pass ``optimizer`` to
+        record the optimiser's pre-step state now, or call ``capture`` once p.grad is final."""
         g_cls = torch.autograd.grad(cls_loss, params, retain_graph=True, allow_unused=True)
         g_match = torch.autograd.grad(match_loss, params, allow_unused=True)
         self._d = []
@@ -175,6 +179,8 @@ class AlphaLearner:
             grad = loss_scale * (self.alpha * gc + (1.0 - self.alpha) * gm)
             p.grad = grad if p.grad is None else p.grad + grad
             self._d.append(loss_scale * (gc - gm))
+        if reduce is not None:
+            reduce(self._d)
         if optimizer is not None:
             self.capture(optimizer, params)
 
@@ -364,9 +370,13 @@ class LFMLearned(LFMBase):
     def backward(self, losses: Losses, ctx: StepContext) -> None:
         if not self._due(ctx):
             return super().backward(losses, ctx)
-        self.learner.backward(losses.terms["cls"], losses.terms["match"], ctx.params,
-                              self.options.loss_scale, ctx.optimizer)
+        self.learner.backward(losses.terms["cls"], losses.terms["match"], ctx.params, self.options.loss_scale,
+                              reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share))
         self._pending = True
+
+    def after_backward(self, ctx: StepContext) -> None:
+        if self._pending:  # p.grad is now the (reduced) gradient the optimiser will use
+            self.learner.capture(ctx.optimizer, ctx.params)
 
     def after_step(self, ctx: StepContext) -> None:
         if not self._pending:
@@ -375,7 +385,12 @@ class LFMLearned(LFMBase):
         val = ctx.next_val_batch()
         with evaluation_mode(ctx.model, self):
             val_loss = cross_entropy(ctx.model(val.inputs).fused, val.y)
-            self.learner.step(val_loss, ctx.optimizer, ctx.params, ctx.all_reduce_mean)
+
+            def reduce(h: torch.Tensor) -> torch.Tensor:
+                ctx.reduce_weighted([h], val.share)
+                return h
+
+            self.learner.step(val_loss, ctx.optimizer, ctx.params, reduce)
 
     def on_skipped_step(self, ctx: StepContext) -> None:
         self._pending = False

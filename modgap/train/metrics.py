@@ -100,3 +100,8 @@ class OutputAccumulator:
 
     def __contains__(self, name: str) -> bool:
         return name in self.parts
+
+    def gather(self, gather_arrays) -> None:
+        """Replace each part by its concatenation over processes (rank order = split order)."""
+        gathered = gather_arrays({k: self.get(k) for k in self.parts})
+        self.parts = {k: [v] for k, v in gathered.items()}

@@ -30,6 +30,7 @@ from ..methods.base import required_fusion
 from ..models import MultimodalClassifier, build_model
 from .metrics import (OutputAccumulator, classification_metrics, imbalance_ratio, linear_probe,
                       modality_gap)
+from .distributed import Distributed
 from .runfolder import RunFolder
 
 
@@ -103,7 +104,8 @@ class Trainer:
         self.resume = resume
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.device = torch.device(config.train.device)
+        self.dist = Distributed.from_env(config.train.device)
+        self.device = self.dist.device(config.train.device)
         seed_everything(config.train.seed)
         self.data: MultimodalDataset = load_dataset(config.data)
         shapes = {m: self.data.input_shape(m) for m in self.data.modalities}
@@ -124,16 +126,31 @@ class Trainer:
         self.ctx = StepContext(self.model, self.optimizer, self.params, epochs=config.train.epochs,
                                steps_per_epoch=steps, next_val_batch=self._next_val_batch,
                                fixed_val_batch=self._fixed_val_batch, iterate=self._iterate,
+                               all_reduce_mean=self.dist.all_reduce_mean, all_reduce_sum=self.dist.all_reduce_sum,
+                               reduce_weighted=self.dist.reduce_weighted,
                                train_batches=lambda epoch: self.batches("train", train=True, epoch=epoch))
 
     # ---- data --------------------------------------------------------------------------------
     def batches(self, split: str, train: bool, epoch: int = 0) -> Iterator[Batch]:
+        """Training: this process's shard of each global batch, in an order fixed by (seed, epoch).
+        Evaluation: this process's contiguous part of the split, in order. Nothing is dropped."""
         rows = self.data.splits[split]
-        size = self.config.data.batch_size if train else self.config.data.eval_batch_size
-        if train:
-            rows = rows[permutation(len(rows), self.config.train.seed, epoch)]
-        for start in range(0, len(rows), size):  # never drops a sample, not even in training
-            yield self.data.batch(rows[start:start + size], train=train).to(self.device)
+        if not train:
+            rows = self.dist.shard_split(rows)
+            size = self.config.data.eval_batch_size
+            for start in range(0, len(rows), size):
+                yield self.data.batch(rows[start:start + size], train=False).to(self.device)
+            return
+        rows = rows[permutation(len(rows), self.config.train.seed, epoch)]
+        size = self.config.data.batch_size
+        for start in range(0, len(rows), size):
+            yield self._local_batch(rows[start:start + size], train=True)
+
+    def _local_batch(self, global_rows: np.ndarray, train: bool) -> Batch:
+        local, share = self.dist.shard_batch(global_rows)
+        batch = self.data.batch(local, train=train).to(self.device)
+        batch.share = share
+        return batch
 
     def _next_val_batch(self) -> Batch:
         """The validation split in batches, reshuffled each pass, position kept in the checkpoint."""
@@ -142,7 +159,7 @@ class Trainer:
         cycle, k = divmod(self.state.val_cursor, per_pass)
         order = rows[permutation(len(rows), self.config.train.seed, 1_000_003, cycle)]
         self.state.val_cursor += 1
-        return self.data.batch(order[k * size:(k + 1) * size], train=False).to(self.device)
+        return self._local_batch(order[k * size:(k + 1) * size], train=False)
 
     def _iterate(self, split: str) -> Iterator[Batch]:
         if split == "test":
@@ -150,7 +167,7 @@ class Trainer:
         return self.batches(split, train=False)
 
     def _fixed_val_batch(self, n: int) -> Batch:
-        return self.data.batch(self.data.splits["val"][:n], train=False).to(self.device)
+        return self._local_batch(self.data.splits["val"][:n], train=False)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -172,6 +189,7 @@ class Trainer:
         return 3 * weights
 
     def _start(self) -> None:
+        """Check the run folder (every process), then set it up (the main process only)."""
         cfg_dict = {**self.config.to_dict(), "version": __version__, "split_checksum": self.data.split_checksum()}
         if self.resume:
             if not self.run.has_run():
@@ -179,19 +197,23 @@ class Trainer:
             saved = self.run.read_yaml("config.yaml")
             if saved.get("split_checksum") != self.data.split_checksum():
                 raise RunFolderError(f"{self.run.path}: the data split differs from the one this run started with")
+        elif self.run.has_run():
+            raise RunFolderError(f"{self.run.path}: already holds a run; add --resume to continue it, or choose another --out")
+        self.dist.barrier()
+        if self.dist.is_main:
             self.run.prepare()
+        if self.resume:
             state = self.run.load_latest()
             if state is not None:
                 self.load_state_dict(state)
-            self.run.truncate_logs(self.state.epoch, self.state.step)
-            self.run.write_yaml("config.yaml", cfg_dict)  # epochs may have been extended
-        else:
-            if self.run.has_run():
-                raise RunFolderError(f"{self.run.path}: already holds a run; add --resume to continue it, or choose another --out")
-            self.run.prepare()
+            if self.dist.is_main:
+                self.run.truncate_logs(self.state.epoch, self.state.step)
+                self.run.write_yaml("config.yaml", cfg_dict)  # epochs may have been extended
+        elif self.dist.is_main:
             self.run.check_space(4 * self.checkpoint_bytes() + (16 << 20))
             self.run.write_yaml("config.yaml", cfg_dict)
             self.run.write_json("splits.json", {"checksum": self.data.split_checksum(), **self.data.split_ids()})
+        self.dist.barrier()
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -200,13 +222,15 @@ class Trainer:
             return self._fit()
         finally:
             self.run.release()
+            self.dist.close()
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config
         epochs = cfg.train.epochs
-        alpha_log = self.run.alpha_writer() if self.method.alpha is not None else None
+        main = self.dist.is_main
+        alpha_log = self.run.alpha_writer() if self.method.alpha is not None and main else None
         bar = tqdm(total=epochs * self.ctx.steps_per_epoch, initial=self.state.epoch * self.ctx.steps_per_epoch,
-                   disable=not cfg.train.progress, desc=f"{cfg.method['name']} {self.data.name}",
+                   disable=not (cfg.train.progress and main), desc=f"{cfg.method['name']} {self.data.name}",
                    unit="step", dynamic_ncols=True, leave=False)
         while self.state.epoch < epochs:
             started = time.perf_counter()
@@ -219,16 +243,18 @@ class Trainer:
             sums: dict[str, float] = {}
             seen = 0
             for batch in self.batches("train", train=True, epoch=epoch):
-                self.ctx.step = self.state.step
+                self.ctx.step, self.ctx.share = self.state.step, batch.share
                 terms = self.train_step(batch) or {}
+                n = len(batch) if batch.share else 0  # a padded row (share 0) counts for nothing
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(batch)
-                seen += len(batch)
+                    sums[k] = sums.get(k, 0.0) + v * n
+                seen += n
                 self.state.step += 1
                 if alpha_log is not None:
                     alpha_log.add(self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch),
                                   self.method.alpha)
                 bar.update()
+            seen, sums = self._global_sums(seen, sums)
             self.scheduler.step()
             self.method.on_epoch_end(self.ctx)
             val, test = self.evaluate("val").metrics, self.evaluate("test").metrics
@@ -242,27 +268,37 @@ class Trainer:
                       "imbalance_val": imbalance_ratio({m: val[m]["acc"] for m in self.data.modalities}),
                       "epoch_s": round(time.perf_counter() - started, 3)}
             # order matters for a crash at any point: logs first, then best, then last (which resumes)
-            if alpha_log is not None:
-                alpha_log.flush()
-            self.run.append_metrics(record)
-            state = self.state_dict()
-            if improved and cfg.train.checkpoint_best:
-                self.run.save("best.pt", state)
-            self.run.save_last(state)
+            if main:
+                if alpha_log is not None:
+                    alpha_log.flush()
+                self.run.append_metrics(record)
+                state = self.state_dict()
+                if improved and cfg.train.checkpoint_best:
+                    self.run.save("best.pt", state)
+                self.run.save_last(state)
+            self.dist.barrier()
             bar.set_postfix(loss=f"{record['train'].get('total', record['train'].get('cls', 0)):.3f}",
                             val=f"{val['fused']['acc']:.3f}",
                             **({"alpha": f"{self.method.alpha:.3f}"} if self.method.alpha is not None else {}))
         bar.close()
         return self.finish()
 
+    def _global_sums(self, seen: int, sums: dict[str, float]) -> tuple[int, dict[str, float]]:
+        if not self.dist.enabled:
+            return seen, sums
+        total = self.dist.all_reduce_sum(torch.tensor([float(seen), *sums.values()], dtype=torch.float64))
+        return int(total[0]), dict(zip(sums, total[1:].tolist()))
+
     def train_step(self, batch: Batch) -> dict[str, float] | None:
         """One optimiser step; None when a non-finite loss or gradient made it skip (on_nonfinite=skip)."""
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model(batch.inputs)
+        self.ctx.out, self.ctx.batch = out, batch  # for hooks of methods composed after the first
         losses = self.method.losses(out, batch, self.ctx)
-        if not torch.isfinite(losses.total):
+        if not bool(self.dist.all_reduce_sum(torch.isfinite(losses.total.detach()).float()) == self.dist.world):
             return self._nonfinite("loss", batch)
         self.method.backward(losses, self.ctx)
+        self.dist.reduce_gradients(self.params, batch.share)
         self.method.after_backward(self.ctx)
         if self.config.train.check_grads and not _finite_grads(self.params):
             return self._nonfinite("gradient", batch)
@@ -297,6 +333,7 @@ class Trainer:
             projected = self.method.projections(out)
             for m, u in (projected or {}).items():
                 acc.add(f"projection/{m}", u)
+        acc.gather(self.dist.gather_arrays)
         y = acc.get("y").astype(np.int64)
         metrics = {"fused": classification_metrics(acc.get("fused"), y)}
         for m in self.data.modalities:
@@ -305,16 +342,21 @@ class Trainer:
 
     # ---- the end of the run ------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
-        records = self.run.read_metrics()
-        by_epoch = {r["epoch"]: r for r in records}
-        last = records[-1]
-        best = by_epoch.get(self.state.best_epoch, last)
+        """Test at the best epoch, probes and gap; written by the main process, returned by all."""
         best_state = self.run.load("best.pt") if (self.run.checkpoints / "best.pt").exists() else None
         if best_state is not None:
             self.model.load_state_dict(best_state["model"])
             self.method.load_state_dict(best_state["method"])
         train_out = self.evaluate("train").outputs
         test_out = self.evaluate("test").outputs
+        summary = self._summary(train_out, test_out) if self.dist.is_main else None
+        return self.dist.broadcast(summary)
+
+    def _summary(self, train_out: OutputAccumulator, test_out: OutputAccumulator) -> dict[str, Any]:
+        records = self.run.read_metrics()
+        by_epoch = {r["epoch"]: r for r in records}
+        last = records[-1]
+        best = by_epoch.get(self.state.best_epoch, last)
         y_train, y_test = train_out.get("y").astype(np.int64), test_out.get("y").astype(np.int64)
         probe = {}
         if self.config.train.probe:

@@ -1,0 +1,162 @@
+"""agm: Adaptive Gradient Modulation (Li, Li, Hu, Lei, Li, Zhou, ICCV 2023).
+
+Loss: joint's CE on the fused logits. After backward, per batch:
+
+1. Mono-responses, Shapley-style. f(S) is the fused output with the modalities outside S zeroed
+   (their inputs, or their features); f(M) is the step's own fused output. With
+   w(k) = k! (M - k - 1)! / M!,
+
+       r_m = sum_{S not containing m} w(|S|) [f(S + m) - f(S)]  +  f(empty) / M
+
+   i.e. the Shapley value of m plus an equal share of f(empty), so that sum_m r_m = f(M). The
+   f(empty) terms cancel, so f(empty) is never evaluated: 2^M - 2 extra evaluations. For M = 2 this
+   is exactly the released code's r_a = (f(a, v) - f(0, v) + f(a, 0)) / 2.
+2. Score of each response: s_m = mean_i -log max(softmax(r_m,i)[y_i], 1e-8) (a CE; lower = better),
+   averaged over processes, and its running average S_m over all steps so far (cumulative mean).
+3. Ratios against the other modalities, now and on average (M = 2: exp(s_v - s_a)):
+
+       ratio_m = exp(mean_{n != m} s_n - s_m),   target_m = exp(mean_{n != m} S_n - S_m)
+
+   using the running averages from before this step, then
+   k_m = exp(alpha * min(target_m - ratio_m, clip)): a modality doing better than its usual
+   standing is slowed down, one doing worse is sped up.
+4. During the modulation epochs, every gradient of encoder m is multiplied by k_m.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, closest
+from .base import StepContext, register
+from .joint import Joint
+from .lfm import evaluation_mode
+
+ZERO_MODES = ("inputs", "features")
+
+
+def shapley_weights(m: int) -> list[float]:
+    """w(k) = k! (M - k - 1)! / M! for coalitions of k other modalities."""
+    return [math.factorial(k) * math.factorial(m - k - 1) / math.factorial(m) for k in range(m)]
+
+
+def mono_responses(f: dict[frozenset, torch.Tensor], modalities: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """r_m = Shapley value of m + f(empty)/M, from f(S) for every non-empty S (f(empty) cancels)."""
+    w = shapley_weights(len(modalities))
+    out = {}
+    for m in modalities:
+        others = [n for n in modalities if n != m]
+        total = 0.0
+        for k in range(len(others) + 1):
+            for subset in itertools.combinations(others, k):
+                s = frozenset(subset)
+                total = total + w[k] * f[s | {m}]
+                if s:
+                    total = total - w[k] * f[s]
+        out[m] = total
+    return out
+
+
+def response_scores(responses: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """s_m = mean_i -log max(softmax(r_m,i)[y_i], 1e-8)."""
+    rows = torch.arange(len(y), device=y.device)
+    return {m: -torch.softmax(r.float(), dim=1)[rows, y].clamp_min(1e-8).log().mean()
+            for m, r in responses.items()}
+
+
+def _against_others(values: dict[str, float]) -> dict[str, float]:
+    return {m: math.exp(sum(v for n, v in values.items() if n != m) / (len(values) - 1) - s)
+            for m, s in values.items()}
+
+
+def agm_coefficients(scores: dict[str, float], averages: dict[str, float], alpha: float,
+                     clip: float = 10.0) -> dict[str, float]:
+    """k_m = exp(alpha * min(target_m - ratio_m, clip)) from batch scores and running averages."""
+    ratio, target = _against_others(scores), _against_others(averages)
+    return {m: math.exp(alpha * min(target[m] - ratio[m], clip)) for m in scores}
+
+
+@register
+class AGM(Joint):
+    name = "agm"
+    summary = "AGM: Shapley mono-responses, running averages, per-encoder gradient scaling to keep them balanced"
+
+    @dataclass
+    class Options:
+        alpha: float = 1.0
+        """Modulation strength (released code, utils/config.py --alpha default 1.0; its README
+        trains AV-MNIST with 2.5)."""
+        modulation_starts: int = 0
+        """First epoch (from 0) with modulation (released code: --modulation_starts 0)."""
+        modulation_ends: int = 20
+        """Last epoch with modulation, inclusive (released code: --modulation_ends 20)."""
+        zero: str = "inputs"
+        """What "zeroing a modality" zeroes: its inputs (released code: zero tensors through the
+        encoders, in eval mode) or its features (cheaper: only the fusion is re-evaluated)."""
+        clip: float = 10.0
+        """Upper clip of target - ratio in the exponent (released CREMA-D code: min(., 10))."""
+
+    def __init__(self, options, modalities, num_classes, feature_dims) -> None:
+        super().__init__(options, modalities, num_classes, feature_dims)
+        if len(modalities) < 2:
+            raise ConfigError(f"method '{self.name}' compares modalities: it needs at least two")
+        if options.zero not in ZERO_MODES:
+            raise ConfigError(f"unknown method.zero '{options.zero}'{closest(options.zero, ZERO_MODES)}")
+        if options.alpha < 0:
+            raise ConfigError("method.alpha of agm must be >= 0")
+        self.averages = {m: 0.0 for m in modalities}
+        self.count = 0
+        self.last_scores: dict[str, float] = {}
+        self.last_coefficients: dict[str, float] = {m: 1.0 for m in modalities}
+
+    def active(self, epoch: int) -> bool:
+        return self.options.modulation_starts <= epoch <= self.options.modulation_ends
+
+    @torch.no_grad()
+    def subset_outputs(self, ctx: StepContext) -> dict[frozenset, torch.Tensor]:
+        """f(S) for every non-empty S: the fused logits with the modalities outside S zeroed."""
+        mods = self.modalities
+        f = {frozenset(mods): ctx.out.fused.detach()}
+        with evaluation_mode(ctx.model):
+            for k in range(1, len(mods)):
+                for subset in itertools.combinations(mods, k):
+                    keep = set(subset)
+                    if self.options.zero == "inputs":
+                        inputs = {m: x if m in keep else torch.zeros_like(x) for m, x in ctx.batch.inputs.items()}
+                        fused = ctx.model(inputs).fused
+                    else:
+                        feats = {m: h.detach() if m in keep else torch.zeros_like(h)
+                                 for m, h in ctx.out.features.items()}
+                        fused = ctx.model.fusion(feats)[1]
+                    f[frozenset(subset)] = fused
+        return f
+
+    def after_backward(self, ctx: StepContext) -> None:
+        if ctx.out is None or ctx.batch is None:
+            return
+        responses = mono_responses(self.subset_outputs(ctx), self.modalities)
+        scores = response_scores(responses, ctx.batch.y)
+        reduced = ctx.all_reduce_mean(torch.stack(list(scores.values())))
+        self.last_scores = {m: float(v) for m, v in zip(scores, reduced)}
+        coeffs = agm_coefficients(self.last_scores, self.averages, self.options.alpha, self.options.clip)
+        self.last_coefficients = coeffs
+        self.count += 1
+        t = self.count
+        self.averages = {m: self.averages[m] * (t - 1) / t + self.last_scores[m] / t for m in self.modalities}
+        if not self.active(ctx.epoch):
+            return
+        for m in self.modalities:
+            for p in ctx.model.encoders[m].parameters():
+                if p.grad is not None:
+                    p.grad = p.grad * coeffs[m]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"averages": dict(self.averages), "count": self.count}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.averages, self.count = dict(state["averages"]), int(state["count"])

@@ -1,0 +1,110 @@
+"""mmpareto: MMPareto, innocent unimodal assistance (Wei & Hu, ICML 2024).
+
+Losses: the fused CE L_f plus each modality's unimodal CE L_m (on its own head). Encoder m's
+parameters theta_m get gradients from two losses, g_f = dL_f/dtheta_m and g_u = dL_m/dtheta_m,
+integrated per encoder (one flattened vector over all of the encoder's parameter tensors):
+
+    cos(g_f, g_u) >= 0:  a = 1/2                       (no conflict: uniform weights)
+    cos(g_f, g_u) <  0:  a = argmin_{a in [0,1]} ||a g_f + (1-a) g_u||^2     (MGDA, two vectors)
+                           = clip(<g_u - g_f, g_u> / ||g_f - g_u||^2, 0, 1)
+    h   = 2 (a g_f + (1 - a) g_u)
+    g   = magnitude * ||g_f + g_u|| / ||h|| * h        (direction of h, norm of the plain sum)
+
+Without conflict h = g_f + g_u, so g is the plain sum (times ``magnitude``). Heads (and any
+parameter outside the encoders) get the plain sum of all the losses' gradients.
+
+Implemented in ``backward`` with one ``torch.autograd.grad`` per loss; the gradients are averaged
+over processes (``ctx.all_reduce_mean``) before the cosine and the weights are computed.
+The model is the MMPareto architecture, fusion ``concat-heads``: a fused head on the concatenated
+features and a unimodal head per modality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from .base import Losses, Method, StepContext, cross_entropy, register
+
+
+def min_norm_weight(g1: torch.Tensor, g2: torch.Tensor) -> float:
+    """a in [0, 1] minimising ||a g1 + (1 - a) g2|| (the closed-form two-task MGDA solution)."""
+    diff = g1 - g2
+    denom = float(diff.pow(2).sum())
+    if denom <= 0.0:
+        return 0.5
+    return min(max(float((-diff * g2).sum()) / denom, 0.0), 1.0)
+
+
+def pareto_combine(g_f: torch.Tensor, g_u: torch.Tensor, magnitude: float = 1.0) -> tuple[torch.Tensor, float, float]:
+    """MMPareto's integration of the fused and the unimodal gradient of one encoder.
+
+    Returns (gradient, a, cos): a is the weight on g_f (1/2 without conflict).
+    """
+    n_f, n_u = float(g_f.norm()), float(g_u.norm())
+    cos = float((g_f * g_u).sum()) / (n_f * n_u) if n_f > 0 and n_u > 0 else 0.0
+    a = min_norm_weight(g_f, g_u) if cos < 0 else 0.5
+    h = 2.0 * (a * g_f + (1.0 - a) * g_u)
+    h_norm = float(h.norm())
+    if h_norm == 0.0:
+        return torch.zeros_like(h), a, cos
+    return h * (magnitude * float((g_f + g_u).norm()) / h_norm), a, cos
+
+
+def _flat(grads, params) -> torch.Tensor:
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+@register
+class MMPareto(Method):
+    name = "mmpareto"
+    summary = "MMPareto: fused + unimodal CE; per encoder, MGDA weights when the two gradients conflict, plain-sum norm"
+    fusion = "concat-heads"
+
+    @dataclass
+    class Options:
+        magnitude: float = 1.0
+        """Factor on the norm of the plain sum ||g_f + g_u||: 1 keeps it (the rescaling the paper
+        describes); the released code multiplies by gamma = 1.5 (code/MMPareto.py)."""
+
+    def __init__(self, options, modalities, num_classes, feature_dims) -> None:
+        super().__init__(options, modalities, num_classes, feature_dims)
+        if options.magnitude <= 0:
+            raise ConfigError(f"method.magnitude of mmpareto must be positive, got {options.magnitude}")
+        self.last: dict[str, dict[str, float]] = {}
+
+    def losses(self, out, batch, ctx) -> Losses:
+        fused = cross_entropy(out.fused, batch.y)
+        terms = {"cls": fused, **{f"cls_{m}": cross_entropy(out.logits[m], batch.y) for m in self.modalities}}
+        return Losses(sum(terms.values()), terms)
+
+    def backward(self, losses: Losses, ctx: StepContext) -> None:
+        params = list(ctx.params)
+        names = ["cls", *(f"cls_{m}" for m in self.modalities)]
+        flat, used = {}, set()
+        for k, name in enumerate(names):
+            grads = torch.autograd.grad(losses.terms[name], params, retain_graph=k < len(names) - 1,
+                                        allow_unused=True)
+            used.update(id(p) for p, g in zip(params, grads) if g is not None)
+            flat[name] = ctx.all_reduce_mean(_flat(grads, params))
+        combined = sum(flat.values())  # the plain sum, kept for every parameter outside the encoders
+        offsets, start = {}, 0
+        for p in params:
+            offsets[id(p)] = (start, start + p.numel())
+            start += p.numel()
+        for m in self.modalities:
+            spans = [offsets[id(p)] for p in ctx.model.encoders[m].parameters() if id(p) in offsets]
+            if not spans:
+                continue
+            index = torch.cat([torch.arange(a, b, device=combined.device) for a, b in spans])
+            g, a, cos = pareto_combine(flat["cls"][index], flat[f"cls_{m}"][index], self.options.magnitude)
+            combined[index] = g
+            self.last[m] = {"weight_fused": a, "cos": cos}
+        for p in params:
+            if id(p) not in used:
+                continue  # no loss reaches it: leave its gradient as it is (None)
+            a, b = offsets[id(p)]
+            grad = combined[a:b].view_as(p)
+            p.grad = grad.clone() if p.grad is None else p.grad + grad

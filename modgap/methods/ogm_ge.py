@@ -1,0 +1,115 @@
+"""ogm-ge: On-the-fly Gradient Modulation with Generalization Enhancement (Peng et al., CVPR 2022).
+
+Loss: joint's CE on the fused logits. After backward, per batch:
+
+    s_m   = sum_i softmax(z_m,i)[y_i]                       (z_m: modality m's logits)
+    rho_m = s_m / mean_{n != m} s_n                         (M = 2: s_a / s_v, the paper's ratio)
+    k_m   = 1 - tanh(a * relu(rho_m - offset))  if rho_m > 1, else 1
+    g     <- k_m * g + N(0, std(k_m * g)^2)                 (each parameter tensor of encoder m; GE)
+
+during the modulation epochs [modulation_starts, modulation_ends] (epochs counted from 0). The
+scores go through ``ctx.all_reduce_mean``; the noise comes from a generator seeded by the run's
+seed and the step, so it is the same on every process and after a resume.
+
+Only the gradient hook matters for composition: ``--method lfm-lb+ogm-ge`` keeps lfm-lb's loss and
+modulates its encoder gradients (the logits of the step come from ``ctx.out``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .base import StepContext, register
+from .joint import Joint
+
+
+def modality_scores(logits: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """s_m = sum_i softmax(z_m,i)[y_i] for each modality."""
+    rows = torch.arange(len(y), device=y.device)
+    return {m: torch.softmax(z.detach().float(), dim=1)[rows, y].sum() for m, z in logits.items()}
+
+
+def discrepancy_ratios(scores: dict[str, float]) -> dict[str, float]:
+    """rho_m = s_m / (mean of the other modalities' scores)."""
+    out = {}
+    for m, s in scores.items():
+        others = [v for n, v in scores.items() if n != m]
+        out[m] = s / max(sum(others) / len(others), 1e-12)
+    return out
+
+
+def modulation_coefficients(scores: dict[str, float], alpha: float, offset: float = 1.0) -> dict[str, float]:
+    """k_m = 1 - tanh(alpha * relu(rho_m - offset)) for modalities with rho_m > 1, else 1."""
+    return {m: (1.0 - math.tanh(alpha * max(rho - offset, 0.0))) if rho > 1.0 else 1.0
+            for m, rho in discrepancy_ratios(scores).items()}
+
+
+@register
+class OGMGE(Joint):
+    name = "ogm-ge"
+    summary = "OGM-GE: the dominant modality's encoder gradients scaled down by its score ratio, plus Gaussian noise"
+
+    @dataclass
+    class Options:
+        alpha: float = 0.1
+        """Modulation strength a. 0.1 is the released code's default setting (README); the README
+        recommends 0.1 for VGGSound and 0.8 for CREMA-D; the paper tunes it per dataset (0.1-0.8)."""
+        modulation_starts: int = 0
+        """First epoch (from 0) with modulation (released code: --modulation_starts 0)."""
+        modulation_ends: int = 50
+        """Last epoch with modulation, inclusive (released code: --modulation_ends 50 of 100 epochs)."""
+        offset: float = 1.0
+        """k = 1 - tanh(a * relu(rho - offset)): 1 (project spec, baselines.md) is continuous at
+        rho = 1; 0 is the paper's Eq. 10 / released code, 1 - tanh(a * rho) for rho > 1."""
+        ge: bool = True
+        """Generalization enhancement: add N(0, std(k g)^2) to each encoder gradient tensor
+        (released code, --modulation OGM_GE); false gives plain OGM."""
+
+    def __init__(self, options, modalities, num_classes, feature_dims) -> None:
+        super().__init__(options, modalities, num_classes, feature_dims)
+        if len(modalities) < 2:
+            raise ConfigError(f"method '{self.name}' compares modalities: it needs at least two")
+        if options.alpha < 0 or options.offset < 0:
+            raise ConfigError("method.alpha and method.offset of ogm-ge must be >= 0")
+        self.noise_seed = int(torch.initial_seed()) % (2**31)
+        self.last_scores: dict[str, float] = {}
+        self.last_coefficients: dict[str, float] = {m: 1.0 for m in modalities}
+
+    def active(self, epoch: int) -> bool:
+        return self.options.modulation_starts <= epoch <= self.options.modulation_ends
+
+    def after_backward(self, ctx: StepContext) -> None:
+        if ctx.out is None or ctx.batch is None:
+            return
+        scores = modality_scores({m: ctx.out.logits[m] for m in self.modalities}, ctx.batch.y)
+        reduced = ctx.all_reduce_mean(torch.stack(list(scores.values())))
+        self.last_scores = {m: float(v) for m, v in zip(scores, reduced)}
+        coeffs = modulation_coefficients(self.last_scores, self.options.alpha, self.options.offset)
+        self.last_coefficients = coeffs
+        if not self.active(ctx.epoch):
+            return
+        generator = None
+        for m in self.modalities:
+            for p in ctx.model.encoders[m].parameters():
+                if p.grad is None:
+                    continue
+                grad = p.grad * coeffs[m]
+                if self.options.ge:
+                    if generator is None:
+                        generator = torch.Generator(device=grad.device)
+                        generator.manual_seed(self.noise_seed * 1_000_003 + ctx.step)
+                    std = grad.std() if grad.numel() > 1 else grad.new_zeros(())
+                    noise = torch.randn(grad.shape, generator=generator, device=grad.device, dtype=grad.dtype)
+                    grad = grad + noise * (std + 1e-8)
+                p.grad = grad
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"noise_seed": self.noise_seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.noise_seed = int(state["noise_seed"])

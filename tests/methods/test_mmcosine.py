@@ -1,0 +1,86 @@
+"""MMCosine: per-modality logits are scaled cosines of features and class weights; fused = their sum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from modgap.methods.base import METHODS, StepContext, build_method
+from modgap.models.classifier import MultimodalClassifier
+from modgap.models.fusion import FUSIONS
+from modgap.train.runfolder import load_checkpoint
+
+C = 3
+
+
+def test_logits_are_scaled_cosines_by_hand():
+    torch.manual_seed(0)
+    dims = {"a": 4, "v": 2}
+    fusion = FUSIONS.get("cosine")(dims, C, scale=7.0)
+    h = {"a": torch.randn(5, 4, dtype=torch.float64), "v": torch.randn(5, 2, dtype=torch.float64)}
+    fusion = fusion.double()
+    logits, fused = fusion(h)
+    for m in dims:
+        x, w = h[m].numpy(), fusion.weights[m].detach().numpy()
+        cos = np.array([[xi @ wc / (np.linalg.norm(xi) * np.linalg.norm(wc)) for wc in w] for xi in x])
+        np.testing.assert_allclose(logits[m].detach().numpy(), 7.0 * cos, rtol=1e-10)
+        assert float(logits[m].detach().abs().max()) <= 7.0 + 1e-9
+    torch.testing.assert_close(fused, logits["a"] + logits["v"])
+    assert not any("bias" in n for n, _ in fusion.named_parameters())
+
+
+def test_norms_do_not_matter():
+    torch.manual_seed(1)
+    dims = {"a": 4, "v": 3}
+    fusion = FUSIONS.get("cosine")(dims, C)
+    h = {"a": torch.randn(6, 4), "v": torch.randn(6, 3)}
+    big = {"a": 100.0 * h["a"], "v": h["v"]}
+    torch.testing.assert_close(fusion(h)[1], fusion(big)[1], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        fusion.weights["a"].mul_(50.0)
+    torch.testing.assert_close(fusion(h)[1], fusion(big)[1], rtol=1e-5, atol=1e-5)
+
+
+class Enc(nn.Linear):
+    def __init__(self, i: int, o: int) -> None:
+        super().__init__(i, o)
+        self.out_dim = o
+
+
+def test_method_requires_the_cosine_fusion_and_sets_its_scale():
+    assert METHODS.get("mmcosine").fusion == "cosine"
+    dims = {"a": 4, "v": 3}
+    model = MultimodalClassifier({m: Enc(d, d) for m, d in dims.items()}, FUSIONS.get("cosine")(dims, C))
+    method = build_method({"name": "mmcosine", "scale": 20.0}, ("a", "v"), C, dims)
+    ctx = StepContext(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()))
+    assert float(model.fusion.scale) == 10.0   # the released code's default
+    method.on_epoch_start(ctx)
+    assert float(model.fusion.scale) == 20.0
+    assert "fusion.scale" in model.state_dict()   # saved with the model, restored on resume
+
+
+def test_end_to_end(cli, tmp_path):
+    summary = cli.train(tmp_path / "r", "--method", "mmcosine")
+    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+    state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert float(state["model"]["fusion.scale"]) == 10.0
+    assert any(k.startswith("fusion.weights.") for k in state["model"])
+
+
+def test_three_modalities(cli, tmp_path):
+    summary = cli.train(tmp_path / "r3", "--method", "mmcosine", "--set", "method.scale=5",
+                        "--data", "mfeat:pix+fou+mor", epochs=1)
+    assert summary["modalities"] == ["pix", "fou", "mor"]
+    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+
+
+def test_bad_scale_is_refused(cli, tmp_path):
+    code, _, err = cli("train", "--method", "mmcosine", "--set", "method.scale=0", "--out", str(tmp_path / "x"),
+                       "--quiet", "--epochs", "1")
+    assert code == 2 and "mmcosine" in err
+    with pytest.raises(Exception):
+        build_method({"name": "mmcosine", "scale": -1.0}, ("a", "v"), C, {"a": 2, "v": 2})

@@ -1,0 +1,155 @@
+"""OGM-GE: the discrepancy ratio, the modulation coefficient and the GE noise, against a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from modgap.data.base import Batch
+from modgap.methods.base import StepContext, build_method
+from modgap.methods.ogm_ge import modality_scores, modulation_coefficients
+from modgap.models.classifier import MultimodalClassifier
+from modgap.models.fusion import FUSIONS
+
+C = 3
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_scores_ratio_and_coefficient_by_hand():
+    z_a = np.array([[3.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 4.0], [1.0, 2.0, 0.5]])
+    z_v = np.array([[0.5, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.3, 0.1], [0.0, 0.0, 0.0]])
+    y = np.array([0, 0, 2, 1])
+    s_a = softmax(z_a)[np.arange(4), y].sum()
+    s_v = softmax(z_v)[np.arange(4), y].sum()
+    scores = modality_scores({"a": torch.tensor(z_a), "v": torch.tensor(z_v)}, torch.tensor(y))
+    assert float(scores["a"]) == pytest.approx(s_a)
+    assert float(scores["v"]) == pytest.approx(s_v)
+    rho = s_a / s_v
+    assert rho > 1  # audio dominates
+    k = modulation_coefficients({"a": s_a, "v": s_v}, alpha=0.1)
+    assert k["a"] == pytest.approx(1 - math.tanh(0.1 * (rho - 1)))
+    assert k["v"] == 1.0
+    paper = modulation_coefficients({"a": s_a, "v": s_v}, alpha=0.1, offset=0.0)  # Eq. 10
+    assert paper["a"] == pytest.approx(1 - math.tanh(0.1 * rho))
+    assert paper["v"] == 1.0
+
+
+def test_three_modalities_compare_with_the_mean_of_the_others():
+    k = modulation_coefficients({"a": 6.0, "b": 2.0, "c": 4.0}, alpha=0.5)
+    assert k["a"] == pytest.approx(1 - math.tanh(0.5 * (6.0 / 3.0 - 1)))
+    assert k["c"] == pytest.approx(1 - math.tanh(0.5 * (4.0 / 4.0 - 1)))  # rho = 1: no modulation
+    assert k["b"] == 1.0
+
+
+class Enc(nn.Linear):
+    def __init__(self, i: int, o: int) -> None:
+        super().__init__(i, o)
+        self.out_dim = o
+
+
+def toy(method_spec: dict, width: int = 4):
+    torch.manual_seed(0)
+    dims = {"a": width, "v": width}
+    model = MultimodalClassifier({"a": Enc(6, width), "v": Enc(5, width)}, FUSIONS.get("concat")(dims, C))
+    method = build_method(method_spec, ("a", "v"), C, dims)
+    params = list(model.parameters())
+    ctx = StepContext(model, torch.optim.SGD(params, lr=0.1), params, epochs=100)
+    x_a = torch.randn(32, 6)
+    y = torch.randint(0, C, (32,))
+    x_a[torch.arange(32), y] += 4.0  # audio carries the label: it dominates
+    batch = Batch({"a": x_a, "v": torch.randn(32, 5)}, y, torch.arange(32))
+    return model, method, ctx, batch
+
+
+def step(model, method, ctx, batch):
+    out = model(batch.inputs)
+    ctx.out, ctx.batch = out, batch  # as the trainer does before the hooks
+    losses = method.losses(out, batch, ctx)
+    method.backward(losses, ctx)
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    method.after_backward(ctx)
+    return out, before
+
+
+def expected_k(out, batch, alpha=0.1):
+    s = {m: float(v) for m, v in modality_scores(out.logits, batch.y).items()}
+    return modulation_coefficients(s, alpha)
+
+
+def test_ogm_scales_only_the_dominant_encoder():
+    model, method, ctx, batch = toy({"name": "ogm-ge", "ge": False, "alpha": 0.8})
+    for _ in range(20):  # a few plain steps so that audio's logits get ahead
+        ctx.optimizer.zero_grad()
+        nn.functional.cross_entropy(model(batch.inputs).fused, batch.y).backward()
+        ctx.optimizer.step()
+    ctx.optimizer.zero_grad()
+    out, before = step(model, method, ctx, batch)
+    k = expected_k(out, batch, alpha=0.8)
+    assert k["a"] < 1.0 and k["v"] == 1.0
+    assert method.last_coefficients == pytest.approx(k)
+    for name, p in model.named_parameters():
+        factor = k["a"] if name.startswith("encoders.a.") else 1.0
+        torch.testing.assert_close(p.grad, before[name] * factor)
+
+
+def test_ge_noise_has_the_std_of_the_scaled_gradient():
+    model, method, ctx, batch = toy({"name": "ogm-ge", "alpha": 0.8}, width=400)
+    ctx.step = 7
+    out, before = step(model, method, ctx, batch)
+    k = expected_k(out, batch, alpha=0.8)
+    w = "encoders.v.weight"  # 400 x 5 entries
+    scaled = before[w] * k["v"]
+    noise = dict(model.named_parameters())[w].grad - scaled
+    assert float(noise.std()) == pytest.approx(float(scaled.std()), rel=0.1)
+    assert abs(float(noise.mean())) < 0.2 * float(scaled.std())
+    # the noise depends only on the run's seed and the step: the same step draws the same noise
+    for n, p in model.named_parameters():
+        p.grad = before[n].clone()
+    method.after_backward(ctx)
+    torch.testing.assert_close(dict(model.named_parameters())[w].grad - scaled, noise)
+    # head gradients are never touched
+    torch.testing.assert_close(model.fusion.head.weight.grad, before["fusion.head.weight"])
+
+
+def test_no_modulation_outside_the_modulation_epochs():
+    model, method, ctx, batch = toy({"name": "ogm-ge", "modulation_starts": 2, "modulation_ends": 3})
+    ctx.epoch = 4
+    _, before = step(model, method, ctx, batch)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, before[name])
+
+
+def test_composition_with_lfm_lb_modulates_its_gradients():
+    model, method, ctx, batch = toy({"name": "lfm-lb+ogm-ge", "ge": False, "alpha": 0.8, "every": 1})
+    ctx.step = 0   # lfm-lb's own backward (the hypergradient step) runs
+    out, before = step(model, method, ctx, batch)
+    k = expected_k(out, batch, alpha=0.8)
+    assert min(k.values()) < 1.0
+    for name, p in model.named_parameters():
+        m = name.split(".")[1] if name.startswith("encoders.") else None
+        torch.testing.assert_close(p.grad, before[name] * (k[m] if m else 1.0))
+
+
+def test_end_to_end(cli, tmp_path):
+    summary = cli.train(tmp_path / "r", "--method", "ogm-ge")
+    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+
+
+def test_composition_end_to_end(cli, tmp_path):
+    summary = cli.train(tmp_path / "c", "--method", "lfm-lb+ogm-ge", "--set", "method.alpha=0.5", epochs=1)
+    assert summary["method"] == "lfm-lb+ogm-ge"
+    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+
+
+def test_three_modalities(cli, tmp_path):
+    summary = cli.train(tmp_path / "r3", "--method", "ogm-ge", "--data", "mfeat:pix+fou+mor", epochs=1)
+    assert summary["modalities"] == ["pix", "fou", "mor"]
+    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())

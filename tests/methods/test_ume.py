@@ -1,0 +1,84 @@
+"""UME: independent uni-modal models (no gradient crosses modalities), prediction = their ensemble."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from modgap.config import ModelConfig
+from modgap.data.base import Batch
+from modgap.methods.base import METHODS, StepContext
+from modgap.methods.ume import UniModalEnsemble
+from modgap.models import build_model
+from modgap.train.runfolder import load_checkpoint
+
+from conftest import NO_PROBE, TINY
+
+MODS = ("a", "b")
+
+
+def toy():
+    torch.manual_seed(0)
+    model = build_model({"a": (5,), "b": (3,)}, 4, ModelConfig(hidden=(8,), feature_dim=4, fusion=METHODS.get("ume").fusion))
+    x = {"a": torch.randn(16, 5), "b": torch.randn(16, 3)}
+    batch = Batch(x, torch.randint(0, 4, (16,)), torch.arange(16))
+    ctx = StepContext(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()))
+    return model, batch, ctx
+
+
+def ume(combine: str = "logits") -> UniModalEnsemble:
+    return UniModalEnsemble(UniModalEnsemble.Options(combine=combine), MODS, 4, {m: 4 for m in MODS})
+
+
+def branch_grads(model, m: str) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in (*model.encoders[m].parameters(), *model.fusion.heads[m].parameters())]
+
+
+def test_loss_is_the_sum_of_unimodal_ce_and_no_gradient_crosses_modalities():
+    model, batch, ctx = toy()
+    method = ume()
+    out = model(batch.inputs)
+    losses = method.losses(out, batch, ctx)
+    expected = F.cross_entropy(out.logits["a"], batch.y) + F.cross_entropy(out.logits["b"], batch.y)
+    assert torch.allclose(losses.total, expected)
+    losses.total.backward()
+    method.after_backward(ctx)
+    grads_a = branch_grads(model, "a")
+
+    # change modality b's inputs completely: modality a's model gets exactly the same gradient
+    model.zero_grad(set_to_none=True)
+    other = Batch({"a": batch.inputs["a"], "b": torch.randn(16, 3) * 5}, batch.y, batch.index)
+    method.losses(model(other.inputs), other, ctx).total.backward()
+    assert all(torch.equal(g, h) for g, h in zip(grads_a, branch_grads(model, "a")))
+
+
+def test_prediction_is_the_ensemble_of_the_unimodal_outputs():
+    model, batch, _ = toy()
+    with torch.no_grad():
+        out = model(batch.inputs)
+    za, zb = out.logits["a"], out.logits["b"]
+    assert torch.allclose(ume("logits").predict(out), (za + zb) / 2)
+    probs = ume("probs").predict(out).exp()
+    assert torch.allclose(probs, (za.softmax(-1) + zb.softmax(-1)) / 2, atol=1e-6)
+    assert torch.allclose(probs.sum(-1), torch.ones(16))
+
+
+def test_end_to_end_requires_the_mean_fusion(cli, tmp_path):
+    run = tmp_path / "r"
+    summary = cli.train(run, "--method", "ume", "--set", "model.fusion=concat", "--set", "method.combine=probs")
+    assert all(math.isfinite(v) for block in summary["test"].values() for v in block.values())
+    model = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert {"fusion.heads.pix.weight", "fusion.heads.fou.weight"} <= set(model)  # separate heads: uni-modal models
+
+
+def test_three_modalities(cli, tmp_path):
+    summary = cli.train(tmp_path / "r", "--data", "mfeat:pix+fou+mor", "--method", "ume")
+    assert summary["modalities"] == ["pix", "fou", "mor"]
+    assert all(math.isfinite(v) for block in summary["test"].values() for v in block.values())
+
+
+def test_ume_after_another_method_is_refused(cli, tmp_path):
+    code, _, err = cli("train", "--method", "joint+ume", "--epochs", "1", "--out", str(tmp_path / "r"), *TINY, *NO_PROBE)
+    assert code == 2 and "method 'ume'" in err and "must come first" in err
