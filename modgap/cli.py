@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     method_classes(config.method["name"])  # an unknown method fails here, before any data is read
     summary = train(config, out=args.out, resume=args.resume)
-    print(format_summary(summary))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
+        print(format_summary(summary))
     return 0
 
 

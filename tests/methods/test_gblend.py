@@ -1,0 +1,147 @@
+"""G-Blend: weights from given loss curves against a hand computation; held-out data is 'val'."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modgap.cli import main
+from modgap.data.base import Batch
+from modgap.methods.base import StepContext, build_method
+from modgap.methods.gblend import ogr_weights
+from modgap.models.classifier import ModelOutput
+
+ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
+
+
+def test_weights_from_loss_curves_by_hand():
+    # (L_T, L_V) per head at the start and the end of a window
+    start = {"fused": (1.0, 1.2), "a": (0.8, 1.0), "b": (1.5, 1.6)}
+    end = {"fused": (0.5, 0.9), "a": (0.3, 0.95), "b": (1.4, 1.45)}
+    # fused: dG = 1.2 - 0.9 = 0.3, O: 0.2 -> 0.4, dO = 0.2  -> 0.3 / 0.04   = 7.5
+    # a:     dG = 0.05,            O: 0.2 -> 0.65, dO = 0.45 -> 0.05 / 0.2025
+    # b:     dG = 0.15,            O: 0.1 -> 0.05, dO = -0.05 -> 0.15 / 0.0025 = 60
+    g = {"fused": 7.5, "a": 0.05 / 0.2025, "b": 60.0}
+    total = sum(g.values())
+    w = ogr_weights(start, end, min_overfit=1e-3)
+    assert w.keys() == g.keys()
+    for k in g:
+        assert w[k] == pytest.approx(g[k] / total, rel=1e-9)
+    assert sum(w.values()) == pytest.approx(1.0)
+
+
+def test_guards_negative_generalisation_and_flat_overfitting():
+    # b's held-out loss rose: weight 0; a's overfitting did not change: |dO| floored at min_overfit
+    start = {"fused": (1.0, 1.2), "a": (1.0, 1.1), "b": (1.0, 1.0)}
+    end = {"fused": (0.5, 0.9), "a": (0.9, 1.0), "b": (0.8, 1.1)}
+    w = ogr_weights(start, end, min_overfit=0.1)
+    g_fused = 0.3 / 0.2 ** 2  # dO = 0.4 - 0.2
+    g_a = 0.1 / 0.1 ** 2      # dO = 0.1 - 0.1 = 0 -> floor 0.1
+    assert w["b"] == 0.0
+    assert w["fused"] == pytest.approx(g_fused / (g_fused + g_a))
+    assert w["a"] == pytest.approx(g_a / (g_fused + g_a))
+    # nobody generalised, or a loss is not finite: no estimate (the caller keeps its weights)
+    assert ogr_weights(start, {k: (v[0], v[1] + 1) for k, v in start.items()}) is None
+    assert ogr_weights(start, {**end, "a": (math.nan, 1.0)}) is None
+
+
+class Passthrough(nn.Module):
+    """A 'model' whose per-modality logits are its inputs; fused = their mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs):
+        logits = dict(inputs)
+        return ModelOutput(dict(inputs), logits, torch.stack(list(logits.values())).mean(0))
+
+
+def test_estimate_uses_train_and_val_only_and_updates_at_window_ends():
+    y = torch.tensor([0, 1, 2, 1])
+    phase = {"now": 0}
+    # logits = margin on the true class: larger margins later, so every held-out loss falls
+    margins = {(0, "train"): (0.5, 0.3), (0, "val"): (0.2, 0.1), (1, "train"): (3.0, 1.0), (1, "val"): (1.0, 0.6)}
+    data = {key: {m: F.one_hot(y, 3).float() * mg for m, mg in zip(("a", "b"), value)}
+            for key, value in margins.items()}
+    asked = []
+
+    def iterate(split):
+        asked.append(split)
+        return iter([Batch(data[(phase["now"], split)], y, torch.arange(4))])
+
+    method = build_method({"name": "gblend", "estimate_every": 2, "min_overfit": 1e-3}, ("a", "b"), 3, {"a": 3, "b": 3})
+    model = Passthrough()
+    ctx = StepContext(model, None, [], epochs=6, iterate=iterate)
+
+    def measured(p):
+        out = {}
+        for split in ("train", "val"):
+            x = data[(p, split)]
+            out.setdefault("fused", []).append(float(F.cross_entropy((x["a"] + x["b"]) / 2, y)))
+            for m in ("a", "b"):
+                out.setdefault(m, []).append(float(F.cross_entropy(x[m], y)))
+        return {k: tuple(v) for k, v in out.items()}
+
+    ctx.epoch = 0
+    method.on_epoch_start(ctx)  # first boundary: nothing to estimate yet
+    assert method.weights == pytest.approx({"fused": 1 / 3, "a": 1 / 3, "b": 1 / 3})
+    ctx.epoch = 1
+    method.on_epoch_start(ctx)  # inside the window: no pass at all
+    assert asked == ["train", "val"]
+    phase["now"] = 1
+    ctx.epoch = 2
+    method.on_epoch_start(ctx)
+    assert set(asked) == {"train", "val"}  # never 'test'
+    expected = ogr_weights(measured(0), measured(1), 1e-3)
+    assert expected is not None and method.weights == pytest.approx(expected)
+    assert len({round(v, 6) for v in expected.values()}) == 3  # three different weights
+    # the loss is the weighted sum of the heads' CE
+    batch = Batch(data[(1, "train")], y, torch.arange(4))
+    out = model(batch.inputs)
+    losses = method.losses(out, batch, ctx)
+    by_hand = sum(method.weights[k] * float(F.cross_entropy(z, y).detach())
+                  for k, z in (("fused", out.fused), ("a", out.logits["a"]), ("b", out.logits["b"])))
+    assert float(losses.total.detach()) == pytest.approx(by_hand, rel=1e-6)
+    # the state survives a checkpoint
+    clone = build_method({"name": "gblend", "estimate_every": 2}, ("a", "b"), 3, {"a": 3, "b": 3})
+    clone.load_state_dict(method.state_dict())
+    assert clone.weights == method.weights and clone.window_start == method.window_start
+
+
+def _finite_summary(path):
+    summary = json.loads((path / "summary.json").read_text())
+    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
+    return summary
+
+
+def test_end_to_end(tmp_path):
+    argv = ["train", "--method", "gblend", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
+            "--set", "model.feature_dim=8", "--set", "train.probe=false", "--set", "method.estimate_every=1",
+            *ONE_THREAD, "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    _finite_summary(tmp_path / "r")
+
+
+def test_three_modalities(tmp_path):
+    argv = ["train", "--method", "gblend", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
+            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
+            "--set", "method.estimate_every=1", *ONE_THREAD, "--out", str(tmp_path / "r3")]
+    assert main(argv) == 0
+    summary = _finite_summary(tmp_path / "r3")
+    assert set(summary["modalities"]) == {"pix", "fou", "mor"}
+
+
+def test_resume_continues_exactly(tmp_path, metrics_of):
+    """The method's state (checkpointed with the model) makes 2 + 2 epochs equal 4 epochs."""
+    common = ["--method", "gblend", "--quiet", "--set", "model.hidden=[16]", "--set", "model.feature_dim=8",
+              "--set", "train.probe=false", "--set", "method.estimate_every=1", *ONE_THREAD]
+    assert main(["train", "--epochs", "4", "--out", str(tmp_path / "full"), *common]) == 0
+    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "part"), *common]) == 0
+    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--epochs", "4", "--quiet"]) == 0
+    assert metrics_of(tmp_path / "part") == metrics_of(tmp_path / "full")

@@ -1,0 +1,138 @@
+"""MLA: the shared head's projected gradient is orthogonal to the stored inputs; entropy-weighted fusion."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from modgap.cli import main
+from modgap.data.base import Batch
+from modgap.errors import ConfigError
+from modgap.methods.base import StepContext, build_method
+from modgap.methods.mla import entropy_fusion, owm_update
+from modgap.models.classifier import MultimodalClassifier
+from modgap.models.fusion_shared import SharedFusion
+
+ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
+
+
+class Ident(nn.Module):
+    out_dim = 3
+
+    def forward(self, x):
+        return x
+
+
+def test_projector_is_orthogonal_to_every_stored_direction():
+    torch.manual_seed(0)
+    G = torch.randn(4, 5, dtype=torch.float64)
+    x1 = torch.tensor([1.0, 2.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    x2 = torch.tensor([0.0, 1.0, 3.0, -1.0, 1.0], dtype=torch.float64)
+    P = owm_update(torch.eye(5, dtype=torch.float64), x1, alpha=0.0)
+    assert (G @ P @ x1).abs().max() < 1e-12
+    assert (G @ P).abs().max() > 0.1  # what is left of the gradient is not nothing
+    P = owm_update(P, x2, alpha=0.0)
+    assert (G @ P @ x1).abs().max() < 1e-12 and (G @ P @ x2).abs().max() < 1e-12
+    # with alpha > 0 the component along x shrinks by alpha / (alpha + |x|^2) (here 0.5 / 7.5)
+    Pa = owm_update(torch.eye(5, dtype=torch.float64), x1, alpha=0.5)
+    assert torch.allclose(G @ Pa @ x1, G @ x1 * 0.5 / (0.5 + 7.0))
+
+
+def test_alternating_steps_do_not_move_the_head_on_the_previous_modality():
+    torch.manual_seed(0)
+    model = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))
+    method = build_method({"name": "mla", "owm_alpha": 0.0}, ("a", "b"), 2, {"a": 3, "b": 3})
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ctx = StepContext(model, opt, list(model.parameters()), steps_per_epoch=4)
+    batch = Batch({"a": torch.rand(6, 3), "b": torch.rand(6, 3) + 1}, torch.tensor([0, 1, 0, 1, 1, 0]), torch.arange(6))
+    head = model.fusion.head
+
+    def step(t):
+        ctx.step = t
+        opt.zero_grad(set_to_none=True)
+        losses = method.losses(model(batch.inputs), batch, ctx)
+        losses.total.backward()
+        method.after_backward(ctx)
+        grads = torch.cat([head.weight.grad, head.bias.grad[:, None]], 1).detach().clone()
+        opt.step()
+        method.after_step(ctx)
+        return grads
+
+    x_a = torch.cat([batch.inputs["a"].mean(0), torch.ones(1)])
+    step(0)  # modality a, nothing stored yet: a plain step
+    before = head(batch.inputs["a"].mean(0)).detach().clone()
+    g = step(1)  # modality b: its head gradient is projected away from a's stored mean input
+    assert method.modality_at(1) == "b"
+    assert g.abs().max() > 1e-3
+    assert (g @ x_a).abs().max() < 1e-6
+    assert torch.allclose(head(batch.inputs["a"].mean(0)), before, atol=1e-6)  # a's output did not move
+
+
+def test_round_robin_over_modalities():
+    method = build_method({"name": "mla"}, ("x", "y", "z"), 2, {"x": 4, "y": 4, "z": 4})
+    assert [method.modality_at(t) for t in range(7)] == ["x", "y", "z", "x", "y", "z", "x"]
+
+
+def test_entropy_weighted_fusion_by_hand():
+    za, zb = [2.0, 0.0], [0.5, 0.3]
+
+    def softmax(z):
+        e = [math.exp(v) for v in z]
+        return [v / sum(e) for v in e]
+
+    pa, pb = softmax(za), softmax(zb)
+    ea, eb = (-sum(p * math.log(p) for p in q) for q in (pa, pb))
+    emax = max(ea, eb)
+    la = math.exp(emax - ea) / (math.exp(emax - ea) + math.exp(emax - eb))
+    lb = 1 - la
+    assert la > lb  # the more certain modality weighs more
+    logits = {"a": torch.tensor([za]), "b": torch.tensor([zb])}
+    fused = entropy_fusion(logits)[0].tolist()
+    assert fused == pytest.approx([la * za[c] + lb * zb[c] for c in range(2)], rel=1e-6)
+    mixed = entropy_fusion(logits, "probs")[0].tolist()
+    assert mixed == pytest.approx([math.log(la * pa[c] + lb * pb[c]) for c in range(2)], rel=1e-6)
+    # the method's prediction is this fusion
+    method = build_method({"name": "mla"}, ("a", "b"), 2, {"a": 3, "b": 3})
+    out = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))(
+        {"a": torch.rand(2, 3), "b": torch.rand(2, 3)})
+    assert torch.allclose(method.predict(out), entropy_fusion(out.logits))
+
+
+def test_shared_fusion_needs_equal_feature_sizes():
+    with pytest.raises(ConfigError, match="shared"):
+        SharedFusion({"a": 3, "b": 4}, 2)
+
+
+def _finite_summary(path):
+    summary = json.loads((path / "summary.json").read_text())
+    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
+    return summary
+
+
+def test_end_to_end(tmp_path):
+    argv = ["train", "--method", "mla", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
+            "--set", "model.feature_dim=8", "--set", "train.probe=false", *ONE_THREAD, "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    _finite_summary(tmp_path / "r")
+
+
+def test_three_modalities(tmp_path):
+    argv = ["train", "--method", "mla", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
+            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
+            *ONE_THREAD, "--out", str(tmp_path / "r3")]
+    assert main(argv) == 0
+    assert set(_finite_summary(tmp_path / "r3")["modalities"]) == {"pix", "fou", "mor"}
+
+
+def test_resume_continues_exactly(tmp_path, metrics_of):
+    """The method's state (checkpointed with the model) makes 2 + 2 epochs equal 4 epochs."""
+    common = ["--method", "mla", "--quiet", "--set", "model.hidden=[16]", "--set", "model.feature_dim=8",
+              "--set", "train.probe=false", *ONE_THREAD]
+    assert main(["train", "--epochs", "4", "--out", str(tmp_path / "full"), *common]) == 0
+    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "part"), *common]) == 0
+    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--epochs", "4", "--quiet"]) == 0
+    assert metrics_of(tmp_path / "part") == metrics_of(tmp_path / "full")

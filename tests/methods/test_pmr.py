@@ -1,0 +1,132 @@
+"""PMR: prototypes, prototype scores, imbalance ratio and the loss against a hand computation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modgap.cli import main
+from modgap.data.base import Batch
+from modgap.methods.base import StepContext, build_method
+from modgap.methods.pmr import rebalance_coefficients
+from modgap.models.classifier import MultimodalClassifier
+from modgap.models.fusion import MeanFusion
+
+ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
+
+
+class Ident(nn.Module):
+    out_dim = 2
+
+    def forward(self, x):
+        return x
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+TRAIN = [  # two batches; features are the inputs (identity encoders)
+    Batch({"a": t([[0, 0], [2, 0]]), "b": t([[1, 1], [3, 3]])}, torch.tensor([0, 1]), torch.arange(2)),
+    Batch({"a": t([[0, 2], [4, 2]]), "b": t([[1, 3], [5, 1]])}, torch.tensor([0, 1]), torch.arange(2, 4)),
+]
+
+
+def setup(**options):
+    torch.manual_seed(0)
+    model = MultimodalClassifier({"a": Ident(), "b": Ident()}, MeanFusion({"a": 2, "b": 2}, 2))
+    method = build_method({"name": "pmr", **options}, ("a", "b"), 2, {"a": 2, "b": 2})
+    data = {"train": TRAIN}
+    asked = []
+
+    def iterate(split):
+        asked.append(split)
+        return iter(data[split])
+
+    ctx = StepContext(model, None, list(model.parameters()), epoch=0, epochs=10, iterate=iterate)
+    return model, method, ctx, data, asked
+
+
+def test_prototypes_are_class_means_of_the_train_split():
+    _, method, ctx, data, asked = setup(momentum=0.5)
+    method.on_epoch_start(ctx)
+    assert asked == ["train"]
+    # a: class 0 = mean([0,0],[0,2]) = [0,1]; class 1 = mean([2,0],[4,2]) = [3,1]
+    assert method.prototypes("a").tolist() == [[0.0, 1.0], [3.0, 1.0]]
+    # b: class 0 = mean([1,1],[1,3]) = [1,2]; class 1 = mean([3,3],[5,1]) = [4,2]
+    assert method.prototypes("b").tolist() == [[1.0, 2.0], [4.0, 2.0]]
+    # next epoch, every feature moved by +2: EMA with momentum 0.5 -> old + 1
+    data["train"] = [Batch({m: x + 2 for m, x in b.inputs.items()}, b.y, b.index) for b in TRAIN]
+    ctx.epoch = 1
+    method.on_epoch_start(ctx)
+    assert method.prototypes("a").tolist() == [[1.0, 2.0], [4.0, 2.0]]
+    assert method.prototypes("b").tolist() == [[2.0, 3.0], [5.0, 3.0]]
+
+
+def _softmax_neg(dists):
+    e = [math.exp(-d) for d in dists]
+    return [v / sum(e) for v in e]
+
+
+def test_scores_ratio_coefficients_and_loss_by_hand():
+    alpha, mu = 2.0, 0.1
+    model, method, ctx, _, _ = setup(alpha=alpha, mu=mu, per_epochs=5)
+    method.on_epoch_start(ctx)  # prototypes a: [0,1],[3,1]; b: [1,2],[4,2]
+    batch = Batch({"a": t([[0, 1], [3, 2]]), "b": t([[2, 2], [1, 2]])}, torch.tensor([0, 1]), torch.arange(2))
+    # Euclidean distances to (class 0, class 1) prototypes
+    q_a = [_softmax_neg([0.0, 3.0]), _softmax_neg([math.sqrt(10.0), 1.0])]
+    q_b = [_softmax_neg([1.0, 2.0]), _softmax_neg([0.0, 3.0])]
+    s_a = q_a[0][0] + q_a[1][1]  # probability of the true class, summed over the batch
+    s_b = q_b[0][0] + q_b[1][1]
+    rho = s_a / s_b
+    assert rho > 1  # a dominates here: b gets the prototypical CE, a the entropy regulariser
+    beta = {"a": min(max(1 / rho - 1, 0), 1), "b": min(max(rho - 1, 0), 1)}
+    gamma = {"a": min(max(rho - 1, 0), 1), "b": min(max(1 / rho - 1, 0), 1)}
+    assert beta["a"] == 0 and gamma["b"] == 0 and beta["b"] == gamma["a"] > 0
+    assert rebalance_coefficients({"a": s_a, "b": s_b}) == (pytest.approx(beta), pytest.approx(gamma))
+
+    out = model(batch.inputs)
+    losses = method.losses(out, batch, ctx)
+    assert method.last["scores"] == pytest.approx({"a": s_a, "b": s_b})
+    pce = {"a": -(math.log(q_a[0][0]) + math.log(q_a[1][1])) / 2, "b": -(math.log(q_b[0][0]) + math.log(q_b[1][1])) / 2}
+    ent = {m: -sum(p * math.log(p) for row in q for p in row) / 2 for m, q in (("a", q_a), ("b", q_b))}
+    cls = float(F.cross_entropy(out.fused, batch.y).detach())
+    by_hand = cls + alpha * sum(beta[m] * pce[m] for m in "ab") - mu * sum(gamma[m] * ent[m] for m in "ab")
+    assert float(losses.total.detach()) == pytest.approx(by_hand, rel=1e-5)
+
+    ctx.epoch = 5  # past per_epochs: no entropy term any more
+    assert "entropy" not in method.losses(model(batch.inputs), batch, ctx).terms
+    ctx.epoch = 71  # past modulation_ends (70): plain CE on the fused logits
+    assert float(method.losses(model(batch.inputs), batch, ctx).total.detach()) == pytest.approx(cls, rel=1e-6)
+
+
+def test_three_modality_coefficients_reduce_to_the_pair():
+    beta, gamma = rebalance_coefficients({"a": 4.0, "b": 2.0, "c": 3.0})
+    assert beta == pytest.approx({"a": 0.0, "b": 1.0, "c": 4 / 3 - 1})
+    assert gamma == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.5})
+
+
+def _finite_summary(path):
+    summary = json.loads((path / "summary.json").read_text())
+    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
+    return summary
+
+
+def test_end_to_end(tmp_path):
+    argv = ["train", "--method", "pmr", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
+            "--set", "model.feature_dim=8", "--set", "train.probe=false", *ONE_THREAD, "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    _finite_summary(tmp_path / "r")
+
+
+def test_three_modalities(tmp_path):
+    argv = ["train", "--method", "pmr", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
+            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
+            *ONE_THREAD, "--out", str(tmp_path / "r3")]
+    assert main(argv) == 0
+    assert set(_finite_summary(tmp_path / "r3")["modalities"]) == {"pix", "fou", "mor"}

@@ -1,0 +1,109 @@
+"""ReconBoost: the reconcilement loss on fixed logits by hand; the alternation schedule; frozen learners."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from modgap.cli import main
+from modgap.data.base import Batch
+from modgap.methods.base import StepContext, build_method
+from modgap.methods.reconboost import phase_at, reconcilement_loss
+from modgap.models.classifier import MultimodalClassifier
+from modgap.models.fusion import MeanFusion
+
+ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
+
+
+def test_reconcilement_loss_by_hand():
+    z = torch.tensor([[1.0, 0.0, -1.0], [0.2, 0.1, 0.4]], requires_grad=True)
+    others = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    y = torch.tensor([0, 2])
+    w_ce, w_kl = 5.0, 1.0
+    # sample 0: p_y = e^1 / (e^1 + e^0 + e^-1); the others' ensemble gives the true class q = 1 / (1 + e^2 + 1)
+    p0 = math.e / (math.e + 1 + math.exp(-1))
+    q0 = 1 / (2 + math.exp(2))
+    # sample 1: p_y = e^0.4 / (e^0.2 + e^0.1 + e^0.4); q = e^3 / (2 + e^3)
+    p1 = math.exp(0.4) / (math.exp(0.2) + math.exp(0.1) + math.exp(0.4))
+    q1 = math.exp(3) / (2 + math.exp(3))
+    ce = -(math.log(p0) + math.log(p1)) / 2
+    kl = (q0 * (math.log(q0) - math.log(p0)) + q1 * (math.log(q1) - math.log(p1))) / 2
+    total, ce_t, kl_t = reconcilement_loss(z, others, y, w_ce, w_kl)
+    assert float(ce_t.detach()) == pytest.approx(ce, rel=1e-6)
+    assert float(kl_t.detach()) == pytest.approx(kl, rel=1e-6)
+    assert float(total.detach()) == pytest.approx(w_ce * ce - w_kl * kl, rel=1e-6)
+    # = mean of -(w_ce - w_kl q) log p_y - w_kl q log q: samples the others get right weigh less
+    reweighted = (-(w_ce - w_kl * q0) * math.log(p0) - w_kl * q0 * math.log(q0)
+                  - (w_ce - w_kl * q1) * math.log(p1) - w_kl * q1 * math.log(q1)) / 2
+    assert float(total.detach()) == pytest.approx(reweighted, rel=1e-6)
+    # gradient wrt the learner's logits: (w_ce - w_kl q_i) (softmax(z_i) - e_y) / B; none to the others
+    total.backward()
+    p = torch.softmax(z.detach(), 1)
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    weight = torch.tensor([w_ce - w_kl * q0, w_ce - w_kl * q1])[:, None]
+    assert torch.allclose(z.grad, weight * (p - onehot) / 2, atol=1e-6)
+
+
+def test_alternation_schedule():
+    mods = ("a", "b", "c")
+    got = [phase_at(e, mods, stage_epochs=2, rectify_epochs=1) for e in range(10)]
+    assert got == [("stage", "a"), ("stage", "a"), ("rectify", "a"),
+                   ("stage", "b"), ("stage", "b"), ("rectify", "b"),
+                   ("stage", "c"), ("stage", "c"), ("rectify", "c"),
+                   ("stage", "a")]
+    assert [phase_at(e, ("a", "b"), 1, 0) for e in range(3)] == [("stage", "a"), ("stage", "b"), ("stage", "a")]
+
+
+class Lin(nn.Linear):
+    def __init__(self):
+        super().__init__(3, 4)
+        self.out_dim = 4
+
+
+def test_stage_updates_one_learner_and_rectification_all():
+    torch.manual_seed(0)
+    model = MultimodalClassifier({"a": Lin(), "b": Lin()}, MeanFusion({"a": 4, "b": 4}, 3))
+    method = build_method({"name": "reconboost", "stage_epochs": 1, "rectify_epochs": 1}, ("a", "b"), 3,
+                          {"a": 4, "b": 4})
+    batch = Batch({"a": torch.randn(5, 3), "b": torch.randn(5, 3)}, torch.tensor([0, 1, 2, 0, 1]), torch.arange(5))
+    ctx = StepContext(model, None, list(model.parameters()), epoch=0, epochs=4)
+
+    def grads(epoch):
+        ctx.epoch = epoch
+        model.zero_grad(set_to_none=True)
+        out = model(batch.inputs)
+        method.losses(out, batch, ctx).total.backward()
+        return {m: model.encoders[m].weight.grad is not None and model.fusion.heads[m].weight.grad is not None
+                for m in ("a", "b")}
+
+    assert grads(0) == {"a": True, "b": False}  # stage of a: b is frozen (no gradient at all)
+    assert grads(1) == {"a": True, "b": True}   # global rectification: everything
+    assert grads(2) == {"a": False, "b": True}  # stage of b
+    out = model(batch.inputs)
+    assert torch.allclose(method.predict(out), out.logits["a"] + out.logits["b"])  # the additive ensemble
+
+
+def _finite_summary(path):
+    summary = json.loads((path / "summary.json").read_text())
+    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
+    return summary
+
+
+def test_end_to_end(tmp_path):
+    argv = ["train", "--method", "reconboost", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
+            "--set", "model.feature_dim=8", "--set", "train.probe=false", "--set", "method.stage_epochs=1",
+            "--set", "method.rectify_epochs=1", *ONE_THREAD, "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    _finite_summary(tmp_path / "r")
+
+
+def test_three_modalities(tmp_path):
+    argv = ["train", "--method", "reconboost", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
+            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
+            *ONE_THREAD, "--out", str(tmp_path / "r3")]
+    assert main(argv) == 0
+    assert set(_finite_summary(tmp_path / "r3")["modalities"]) == {"pix", "fou", "mor"}
