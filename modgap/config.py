@@ -96,6 +96,8 @@ class TrainConfig:
     """A non-finite loss or gradient: stop (naming epoch, step and sample ids) or skip the step and count it."""
     check_grads: bool = True
     """Check gradients for NaN/inf before every optimiser step."""
+    diagnostics: bool = True
+    """Record per epoch each encoder's gradient norm, the discrepancy ratio and the val modality gap."""
 
 
 @dataclass

@@ -122,6 +122,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, config.optim)
         self.scheduler = make_scheduler(self.optimizer, config.optim, config.train.epochs)
         self.state = Progress()
+        self._diag: dict[str, list[float]] = {}
         steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size)
         self.ctx = StepContext(self.model, self.optimizer, self.params, epochs=config.train.epochs,
                                steps_per_epoch=steps, next_val_batch=self._next_val_batch,
@@ -257,7 +258,8 @@ class Trainer:
             seen, sums = self._global_sums(seen, sums)
             self.scheduler.step()
             self.method.on_epoch_end(self.ctx)
-            val, test = self.evaluate("val").metrics, self.evaluate("test").metrics
+            val_eval = self.evaluate("val")
+            val, test = val_eval.metrics, self.evaluate("test").metrics
             self.state.epoch += 1
             self.state.wall_s += time.perf_counter() - started
             improved = val["fused"]["acc"] > self.state.best_val and _finite_model(self.model)
@@ -267,6 +269,8 @@ class Trainer:
                       "train": {k: v / max(seen, 1) for k, v in sums.items()}, "val": val, "test": test,
                       "imbalance_val": imbalance_ratio({m: val[m]["acc"] for m in self.data.modalities}),
                       "epoch_s": round(time.perf_counter() - started, 3)}
+            if cfg.train.diagnostics:
+                record["diagnostics"] = self._epoch_diagnostics(val_eval.outputs)
             # order matters for a crash at any point: logs first, then best, then last (which resumes)
             if main:
                 if alpha_log is not None:
@@ -282,6 +286,19 @@ class Trainer:
                             **({"alpha": f"{self.method.alpha:.3f}"} if self.method.alpha is not None else {}))
         bar.close()
         return self.finish()
+
+    def _epoch_diagnostics(self, val_out: OutputAccumulator) -> dict[str, Any]:
+        d, self._diag = self._diag, {}
+        means = {k: float(np.mean(v)) for k, v in d.items()}
+        out: dict[str, Any] = {"grad_norm": {m: means.get(f"grad_norm/{m}") for m in self.data.modalities}}
+        if "discrepancy" in means:
+            out["discrepancy"] = means["discrepancy"]
+        if len(self.data.modalities) > 1:
+            out["gap_val"] = {"logits": modality_gap({m: val_out.get(f"logits/{m}") for m in self.data.modalities})}
+            if f"projection/{self.data.modalities[0]}" in val_out:
+                out["gap_val"]["projection"] = modality_gap({m: val_out.get(f"projection/{m}")
+                                                             for m in self.data.modalities})
+        return out
 
     def _global_sums(self, seen: int, sums: dict[str, float]) -> tuple[int, dict[str, float]]:
         if not self.dist.enabled:
@@ -302,11 +319,26 @@ class Trainer:
         self.method.after_backward(self.ctx)
         if self.config.train.check_grads and not _finite_grads(self.params):
             return self._nonfinite("gradient", batch)
+        if self.config.train.diagnostics:
+            self._record_diagnostics(out, batch)
         self.optimizer.step()
         self.method.after_step(self.ctx)
         terms = {k: float(v.detach()) for k, v in losses.terms.items()}
         terms["total"] = float(losses.total.detach())
         return terms
+
+    @torch.no_grad()
+    def _record_diagnostics(self, out, batch: Batch) -> None:
+        """Per step: each encoder's gradient norm (as applied) and the OGM-GE discrepancy ratio
+        (strongest over weakest sum_i softmax(z_m,i)[y_i]); averaged per epoch into metrics.jsonl."""
+        d = self._diag
+        for m, encoder in self.model.encoders.items():
+            grads = [p.grad.detach().float().norm() for p in encoder.parameters() if p.grad is not None]
+            norm = float(torch.stack(grads).norm()) if grads else 0.0
+            d.setdefault(f"grad_norm/{m}", []).append(norm)
+        scores = [float(z.detach().float().softmax(1).gather(1, batch.y[:, None]).sum()) for z in out.logits.values()]
+        if len(scores) > 1:
+            d.setdefault("discrepancy", []).append(max(scores) / max(min(scores), 1e-12))
 
     def _nonfinite(self, what: str, batch: Batch) -> None:
         ids = ", ".join(self.data.ids[i] for i in batch.index[:5].tolist())
