@@ -232,37 +232,45 @@ def video_frames_1fps(path: Path, size: int, channels: int = 3,
     if not cap.isOpened():
         raise DataError(f"{path}: not a readable video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-    frames: list[np.ndarray] = []
-    try:
-        decoded = []
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            decoded.append(frame)
-    finally:
+    if frame_range is None and fps <= 0:
         cap.release()
-    if not decoded:
-        raise DataError(f"{path}: no frames could be decoded")
-    if frame_range is not None:
-        start, end = frame_range
-        if start >= len(decoded):
-            raise DataError(f"{path}: frame range {start}-{end} beyond the video's {len(decoded)} frames")
-        picks = list(range(start, min(end, len(decoded)), every or 1))
-    else:
-        if fps <= 0:
-            raise DataError(f"{path}: unknown frame rate")
-        seconds = max(1, int(len(decoded) / fps))
-        picks = [min(int((k + 0.5) * fps), len(decoded) - 1) for k in range(seconds)]
-    for i in picks:
-        frame = decoded[i]
+        raise DataError(f"{path}: unknown frame rate")
+
+    def wanted(i: int) -> bool:  # decided while streaming: only the kept frames stay in memory
+        if frame_range is not None:
+            return frame_range[0] <= i < frame_range[1] and (i - frame_range[0]) % (every or 1) == 0
+        k = int(i / fps)  # the second this frame lies in; keep the frame at its middle
+        return i == int((k + 0.5) * fps)
+
+    def convert(frame: np.ndarray) -> np.ndarray:
         if channels == 3:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         elif frame.ndim == 3:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
-        frames.append(frame.reshape(size, size, channels))
-    return frames
+        return cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR).reshape(size, size, channels)
+
+    kept: dict[int, np.ndarray] = {}
+    total, last = 0, None
+    try:
+        while frame_range is None or total < frame_range[1]:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if wanted(total):
+                kept[total] = convert(frame)
+            last = frame
+            total += 1
+    finally:
+        cap.release()
+    if total == 0 or last is None:
+        raise DataError(f"{path}: no frames could be decoded")
+    if frame_range is not None:
+        if frame_range[0] >= total:
+            raise DataError(f"{path}: frame range {frame_range[0]}-{frame_range[1]} beyond the video's {total} frames")
+        return [kept[i] for i in sorted(kept)]
+    seconds = max(1, int(total / fps))
+    picks = [min(int((k + 0.5) * fps), total - 1) for k in range(seconds)]
+    return [kept[i] if i in kept else convert(last) for i in picks]
 
 
 def folder_frames(path: Path, size: int, channels: int = 3) -> list[np.ndarray]:
