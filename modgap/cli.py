@@ -1,4 +1,4 @@
-"""The `modgap` command: train, list. (`python -m modgap` is the same command.)"""
+"""The `modgap` command: train, prepare, bench, report, analyze, list. (`python -m modgap` is the same command.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, ModgapError
+from .errors import ConfigError, ModgapError, RunFolderError
 
 EPILOG_TRAIN = """examples:
   modgap train                                   # lfm-lb on the bundled mfeat data, pix + fou
@@ -20,8 +20,20 @@ EPILOG_TRAIN = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line too (exit code 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"modgap: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
+def one_line(message: object) -> str:
+    """The message with line breaks and other control characters escaped (a bad value may hold them)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modgap", description="Balanced multimodal classification (LFM and baselines).")
+    parser = _Parser(prog="modgap", description="Balanced multimodal classification (LFM and baselines).")
     parser.add_argument("--version", action="version", version=f"modgap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -80,6 +92,71 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--collect", metavar="DIR", help="only rebuild the tables of an existing bench folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    r = sub.add_parser("report", help="figures and one self-contained report.html of a run or bench folder",
+                       description="Plot a run folder (learning curves, alpha, balance diagnostics, modality gap, "
+                                   "per-class accuracy, Shapley contributions, Grad-CAM) or a bench folder (results "
+                                   "table, accuracy bars, alpha of every run) into PNGs (each with a JSON of its data) "
+                                   "and one report.html with the images embedded.",
+                       epilog="examples:\n  modgap report runs/mfeat-pix+fou-lfm-lb-s0\n"
+                              "  modgap report bench/mfeat --runs --out reports/mfeat",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("path", metavar="PATH", help="a run folder or a bench folder")
+    r.add_argument("--out", metavar="DIR", help="where the PNGs and report.html go (default PATH/report)")
+    r.add_argument("--checkpoint", default="best", metavar="best|last|FILE",
+                   help="checkpoint for the model figures (default best)")
+    r.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the model figures use (default test)")
+    r.add_argument("--replace", default="zero", choices=["zero", "mean"],
+                   help="Shapley: how a left-out modality is replaced (zeros, or its train-split mean input)")
+    r.add_argument("--gradcam-samples", type=int, default=2, metavar="N", help="Grad-CAM samples for ResNet encoders (0: none)")
+    r.add_argument("--no-model", action="store_true", help="only the figures from the logs (no checkpoint is loaded)")
+    r.add_argument("--runs", action="store_true", help="bench folder: add every run's own section")
+    r.add_argument("--threads", type=int, metavar="N", help="torch CPU threads for the model figures")
+
+    a = sub.add_parser("analyze", help="analyses: label fitting per modality, Shapley contributions, Grad-CAM",
+                       description="Analyses of modality imbalance.")
+    asub = a.add_subparsers(dest="analysis", metavar="ANALYSIS")
+    lf = asub.add_parser("label-fitting", help="train each modality alone with one-hot, mixed and uniform labels",
+                         description="The LFM paper's motivating experiment: each modality trained alone (unimodal) "
+                                     "with one-hot labels, 0.7 one-hot + 0.3 uniform, and uniform labels (every "
+                                     "target 1/C); per modality the fit to the targets, train and test accuracy, "
+                                     "and the gap between modalities (table.md, table.csv, label_fitting.png).",
+                         epilog="example:\n  modgap analyze label-fitting --data mfeat --modalities pix,fou "
+                                "--epochs 10 --seeds 0,1 --out analysis/labels",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    lf.add_argument("--data", metavar="NAME[:ARG]", help="dataset as in train --data (default mfeat)")
+    lf.add_argument("--modalities", metavar="A,B", help="modalities (default: the dataset's)")
+    lf.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
+    lf.add_argument("--seeds", default="0", metavar="S1,S2", help="training seeds (default 0)")
+    lf.add_argument("--mix", type=float, default=0.3, metavar="F", help="uniform share of the mixed setting (default 0.3)")
+    lf.add_argument("--out", required=True, metavar="DIR", help="output folder (runs in DIR/runs)")
+    lf.add_argument("--config", metavar="FILE", help="YAML config for the runs (the method is always unimodal)")
+    lf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of every run")
+    lf.add_argument("--quiet", action="store_true", help="no progress bar")
+    sh = asub.add_parser("shapley", help="exact Shapley contribution of each modality of a trained run",
+                         description="Fused accuracy and true-class fused logit with every subset of modalities "
+                                     "replaced (zeros or train-split mean inputs); exact Shapley values (M <= 6).",
+                         epilog="example:\n  modgap analyze shapley runs/mfeat-pix+fou-lfm-lb-s0 --replace mean",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    sh.add_argument("run", metavar="RUN", help="a run folder")
+    sh.add_argument("--replace", default="zero", choices=["zero", "mean"], help="replacement of a left-out modality (default zero)")
+    sh.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default test)")
+    sh.add_argument("--checkpoint", default="best", metavar="best|last|FILE", help="checkpoint (default best)")
+    sh.add_argument("--out", metavar="DIR", help="output folder (default RUN/analysis)")
+    sh.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    gc = asub.add_parser("gradcam", help="Grad-CAM maps of the ResNet (image, frame, spectrogram) encoders of a run",
+                         description="Heat maps of a ResNet encoder's last stage for the true class of the fused "
+                                     "logits, overlaid on each input frame (PNGs, each with a JSON of its maps).",
+                         epilog="example:\n  modgap analyze gradcam runs/cremad-joint-s0 --samples 4 --checkpoint last",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    gc.add_argument("run", metavar="RUN", help="a run folder")
+    gc.add_argument("--samples", type=int, default=4, metavar="N", help="first N samples of the split (default 4)")
+    gc.add_argument("--checkpoint", default="best", metavar="best|last|FILE", help="checkpoint (default best)")
+    gc.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default test)")
+    gc.add_argument("--modality", action="append", metavar="M", help="modality (repeatable; default every ResNet one)")
+    gc.add_argument("--stage", type=int, metavar="K", help="ResNet stage whose maps are used (default the last, 4)")
+    gc.add_argument("--out", metavar="DIR", help="output folder (default RUN/analysis/gradcam)")
+    gc.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+
     ls = sub.add_parser("list", help="list datasets, methods, schedules, encoders, fusions",
                         description="List the registered components.")
     ls.add_argument("what", nargs="?", default="all",
@@ -97,12 +174,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prepare(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "analyze":
+            return cmd_analyze(args, parser)
         if args.command == "list":
             return cmd_list(args.what)
         parser.print_help()
         return 0
     except ModgapError as exc:
-        print(f"modgap: error: {exc}", file=sys.stderr)
+        print(f"modgap: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("modgap: interrupted; continue with `modgap train --resume --out <run folder>`", file=sys.stderr)
@@ -137,6 +218,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
         if args.config or args.data or args.modalities or args.method or args.seed is not None or args.set:
             raise ConfigError("--resume continues a run with its saved configuration; only --epochs may change")
+        if not (Path(args.out) / "config.yaml").exists():
+            raise RunFolderError(f"{args.out}: nothing to resume (no config.yaml); start a run there without --resume")
         config = load_run_config(args.out)
         config = build(type(config), {"train": {"epochs": args.epochs or config.train.epochs,
                                                 "progress": not args.quiet}}, base=config)
@@ -187,6 +270,91 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if result["failed"]:
         print(f"modgap: {result['failed']} of {result['cells']} runs failed; see their train.log", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.build import report
+
+    _check_threads(args)
+    if args.gradcam_samples < 0:
+        raise ConfigError(f"--gradcam-samples must be >= 0, got {args.gradcam_samples}")
+    path = report(args.path, args.out, per_run=args.runs, checkpoint=args.checkpoint, model=not args.no_model,
+                  replace=args.replace, gradcam_samples=args.gradcam_samples, threads=args.threads, split=args.split)
+    print(f"report: {path}")
+    return 0
+
+
+def _check_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+
+
+def cmd_analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_threads(args)
+    if args.analysis == "label-fitting":
+        return cmd_label_fitting(args)
+    if args.analysis == "shapley":
+        return cmd_shapley(args)
+    if args.analysis == "gradcam":
+        return cmd_gradcam(args)
+    raise ConfigError("modgap analyze needs an analysis: label-fitting, shapley or gradcam")
+
+
+def cmd_label_fitting(args: argparse.Namespace) -> int:
+    from .config import make_config
+    from .report.analyze import label_fitting
+
+    if not 0.0 < args.mix < 1.0:
+        raise ConfigError(f"--mix must be in (0, 1), got {args.mix}")
+    if any(s.startswith("method.") for s in args.set):
+        raise ConfigError("label-fitting always trains the unimodal method; --set method.* does not apply")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds expects integers separated by commas, got '{args.seeds}'") from None
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    args.method, args.seed = None, None
+    config = make_config(args.config, overrides_from_flags(args), args.set)
+    result = label_fitting(config, seeds, args.out, mix=args.mix, log=(lambda _msg: None) if args.quiet else print)
+    print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
+    print(f"written: {Path(args.out) / 'table.md'}, table.csv, label_fitting.png ({len(result['rows'])} rows)")
+    return 0
+
+
+def cmd_shapley(args: argparse.Namespace) -> int:
+    import json
+
+    from .report.checkpoint import load_trained
+    from .report.plots import save_figure, shapley_figure
+    from .report.shapley import modality_shapley, shapley_markdown
+    from .train.runfolder import atomic_write_text
+
+    trainer = load_trained(args.run, args.checkpoint, threads=args.threads)
+    result = modality_shapley(trainer, args.split, args.replace)
+    result["checkpoint"] = str(trainer.checkpoint_file)
+    out = Path(args.out) if args.out else Path(args.run) / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    text = shapley_markdown(result)
+    atomic_write_text(out / "shapley.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "shapley.md", text)
+    save_figure(shapley_figure(result), out / "shapley.png")
+    print(text)
+    print(f"written: {out / 'shapley.md'}, shapley.json, shapley.png")
+    return 0
+
+
+def cmd_gradcam(args: argparse.Namespace) -> int:
+    from .report.checkpoint import load_trained
+    from .report.gradcam import run_gradcam
+
+    trainer = load_trained(args.run, args.checkpoint, threads=args.threads)
+    out = Path(args.out) if args.out else Path(args.run) / "analysis" / "gradcam"
+    records = run_gradcam(trainer, out, samples=args.samples, split=args.split, modalities=args.modality,
+                          stage=args.stage)
+    for r in records:
+        print(f"{r['path']}: {r['modality']} {r['id']} (true {r['label']}, predicted {r['predicted']})")
     return 0
 
 
