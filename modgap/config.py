@@ -44,6 +44,15 @@ class DataConfig:
     """Dataset-specific options (e.g. synth-av's sizes and noise levels)."""
     on_error: str = "stop"
     """Feature tables / manifests: stop at the first unreadable sample, or skip it and record it."""
+    workers: int | None = None
+    """DataLoader worker processes that build batches (train/loader.py); None: min(4, cores - 1)
+    for prepared folders (per-sample decoding and augmentation), 0 for in-memory datasets. 0 builds
+    batches in the training process. Augmentation draws differ between 0 and >= 1 workers but not
+    between 1, 2, ... workers (each batch is seeded from train.seed, epoch, batch and rank)."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead (workers > 0)."""
+    persistent_workers: bool = True
+    """Keep the worker processes between epochs (workers > 0)."""
 
 
 @dataclass
@@ -98,6 +107,14 @@ class TrainConfig:
     """Check gradients for NaN/inf before every optimiser step."""
     diagnostics: bool = True
     """Record per epoch each encoder's gradient norm, the discrepancy ratio and the val modality gap."""
+    precision: str = "fp32"
+    """fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + dynamic loss scaling, CUDA only); see
+    train/precision.py. Weights, gradients, optimiser state and evaluation stay fp32."""
+    channels_last: bool = False
+    """Channels-last memory format for the model and 4-D (and (B, T, C, H, W)) inputs: faster
+    ResNets on CUDA tensor cores."""
+    compile: bool = False
+    """torch.compile each encoder (minutes of compilation up front; see docs/scaling.md)."""
 
 
 @dataclass
@@ -162,15 +179,19 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -2**63 <= value < 2**63:
+                raise ConfigError(f"{where}: {_short_int(value)} is out of range (a 64-bit integer)")
+            return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > 2**1023:
+                raise ConfigError(f"{where}: {_short_int(value)} is out of range")
             value = float(value)
             if value != value:
                 raise ConfigError(f"{where}: expected a number, got nan")
@@ -178,6 +199,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            if "\x00" in str(value):
+                raise ConfigError(f"{where}: a NUL character is not allowed, got {value!r}")
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if dataclasses.is_dataclass(annotation):
@@ -185,6 +208,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return build(annotation, value, where)
     raise TypeError(f"unsupported annotation {annotation!r} at {where}")
+
+
+def _short_int(value: int) -> str:
+    digits = str(abs(value))
+    return str(value) if len(digits) <= 20 else f"{'-' if value < 0 else ''}{digits[:3]}...({len(digits)} digits)"
 
 
 def build(cls: type, values: dict[str, Any], where: str = "", base: Any = None) -> Any:
@@ -200,8 +228,10 @@ def build(cls: type, values: dict[str, Any], where: str = "", base: Any = None) 
         current = kwargs[key]
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             kwargs[key] = build(type(current), value, path, base=current)
-        elif isinstance(current, dict) and isinstance(value, dict) and key == "method":
-            kwargs[key] = {**current, **value} if value.get("name", current.get("name")) == current.get("name") else dict(value)
+        elif isinstance(current, dict) and isinstance(value, dict):
+            # mappings merge layer over layer; naming another method starts its options afresh
+            same = value.get("name", current.get("name")) == current.get("name")
+            kwargs[key] = {**current, **value} if same else dict(value)
         else:
             kwargs[key] = coerce(value, hints[key], path)
     return cls(**kwargs)
@@ -211,7 +241,7 @@ def parse_value(text: str) -> Any:
     """A --set value as YAML (so 0.1 is a float, true a bool, [1,2] a list), else the raw string."""
     try:
         return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
+    except Exception:  # a YAMLError, or a tag's own error (!!float abc: ValueError, !!bool x: KeyError)
         return text
 
 
@@ -245,6 +275,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
+    except Exception as exc:  # a tag's own error (!!float abc, a bad date), or nesting too deep
+        raise ConfigError(f"{path}: not valid YAML ({type(exc).__name__}: {exc})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -258,6 +290,10 @@ def make_config(file: str | Path | None = None, overrides: dict[str, Any] | None
     config = Config()
     for layer in (load_yaml(file) if file else {}, overrides or {}, dotted_to_nested(assignments or [])):
         config = build(Config, layer, base=config)
+    try:
+        config.to_dict()
+    except RecursionError:
+        raise ConfigError("a value contains itself (a YAML alias cycle) or is nested too deeply") from None
     check(config)
     return config
 
@@ -282,14 +318,23 @@ def check(config: Config) -> None:
         (0 <= config.optim.momentum < 1, "optim.momentum must be in [0, 1)"),
         (config.optim.step_size >= 1, "optim.step_size must be >= 1"),
         (config.train.epochs >= 1, "train.epochs must be >= 1"),
-        (config.train.threads >= 0, "train.threads must be >= 0"),
+        (0 <= config.train.threads <= 1024, "train.threads must be in 0..1024"),
+        (config.train.seed >= 0 and config.data.split_seed >= 0, "train.seed and data.split_seed must be >= 0"),
+        (config.optim.gamma > 0, "optim.gamma must be > 0"),
+        (all(0 <= b < 1 for b in config.optim.betas), "optim.betas must be in [0, 1)"),
+        (config.data.workers is None or config.data.workers >= 0, "data.workers must be >= 0 (or null: automatic)"),
+        (config.data.prefetch_factor >= 1, "data.prefetch_factor must be >= 1"),
+        (config.train.precision != "fp16" or config.train.device.startswith("cuda"),
+         f"train.precision=fp16 needs CUDA (loss-scaled float16); on {config.train.device} use bf16 or fp32"),
         (isinstance(config.method.get("name"), str), "method.name must be a string"),
     ]
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
     for name, choices in (("optim.name", ("sgd", "adam", "adamw")),
-                          ("optim.scheduler", ("none", "step", "cosine"))):
-        value = getattr(config.optim, name.split(".")[1])
+                          ("optim.scheduler", ("none", "step", "cosine")),
+                          ("train.precision", ("fp32", "bf16", "fp16"))):
+        section, key = name.split(".")
+        value = getattr(getattr(config, section), key)
         if value not in choices:
             raise ConfigError(f"unknown {name} '{value}'{closest(value, choices)}")

@@ -343,3 +343,14 @@ def test_train_on_feature_tables(cli, tmp_path):
     summary = cli.train(tmp_path / "r", "--data", f"tables:{root}", "--method", "lfm-h", "--set", "data.batch_size=16")
     assert summary["dataset"] == "tables:tables" and summary["modalities"] == ["x", "z"]
     assert len(alpha_rows(tmp_path / "r")) == 2 * math.ceil(len(json.loads((tmp_path / "r" / "splits.json").read_text())["train"]) / 16)
+
+
+def test_mapping_settings_merge_across_layers():
+    from modgap.config import make_config
+
+    config = make_config(overrides={"data": {"name": "synth-av", "options": {"n": 6, "size": 32}}},
+                         assignments=["data.options.frames=2", "model.encoders.audio=mlp"])
+    assert config.data.options == {"n": 6, "size": 32, "frames": 2}
+    assert config.model.encoders == {"audio": "mlp"}
+    other = make_config(overrides={"method": {"name": "lfm-lb", "every": 5}}, assignments=["method.name=joint"])
+    assert other.method == {"name": "joint"}
