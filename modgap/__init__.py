@@ -4,7 +4,7 @@ LFM ("Facilitating Multimodal Classification via Dynamically Learning Modality G
 NeurIPS 2024) with heuristic (lfm-h) and learned (lfm-lb) weights, its baselines, and an honest
 evaluation protocol. Public API:
 
-    from modgap import Config, make_config, train           # the trainer, as `modgap train` runs it
+    from modgap import Config, make_config, fit             # the trainer, as `modgap train` runs it
     from modgap.methods.lfm import lfm_objective, matching_weight, AlphaLearner   # in your own loop
     from modgap.methods.matching import js_divergence, info_nce
 """
@@ -12,6 +12,6 @@ evaluation protocol. Public API:
 __version__ = "0.1.0"
 
 from .config import Config, make_config  # noqa: E402
-from .train import train  # noqa: E402
+from .train.trainer import train as fit  # noqa: E402  (modgap.train stays the subpackage)
 
-__all__ = ["Config", "make_config", "train", "__version__"]
+__all__ = ["Config", "make_config", "fit", "__version__"]

@@ -370,7 +370,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name:10s} {val_acc:8.3f} {t['acc']:9.3f} {t['map']:9.3f} {t['f1']:8.3f} {p}")
     extra = [f"imbalance (test acc strongest/weakest) {summary['imbalance_test']:.2f}"]
     if summary.get("alpha_final") is not None:
-        extra.append(f"final alpha {summary['alpha_final']:.3f}")
+        extra.append(f"alpha: {summary['alpha_final']:.3f} at the end, {summary.get('alpha_best', summary['alpha_final']):.3f} "
+                     f"at the best epoch")
     lines.append("; ".join(extra))
     return "\n".join(lines)
 

@@ -79,11 +79,14 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     """Logistic regression on frozen, standardised features: fit on train, accuracy on test."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
-    scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(max_iter=2000, random_state=seed)
-    clf.fit(scaler.transform(train_x), train_y)
-    return float(clf.score(scaler.transform(test_x), test_y))
+    # BLAS threads as many as torch's: lbfgs on small problems slows down badly when oversubscribed
+    with threadpool_limits(limits=torch.get_num_threads()):
+        scaler = StandardScaler().fit(train_x)
+        clf = LogisticRegression(max_iter=2000, random_state=seed)
+        clf.fit(scaler.transform(train_x), train_y)
+        return float(clf.score(scaler.transform(test_x), test_y))
 
 
 class OutputAccumulator:
