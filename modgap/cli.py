@@ -228,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .methods.base import method_classes
 
     method_classes(config.method["name"])  # an unknown method fails here, before any data is read
-    summary = train(config, out=args.out, resume=args.resume)
+    summary = train(config, out=args.out or config.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
         print(format_summary(summary))
     return 0

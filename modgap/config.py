@@ -111,8 +111,8 @@ class TrainConfig:
     """fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + dynamic loss scaling, CUDA only); see
     train/precision.py. Weights, gradients, optimiser state and evaluation stay fp32."""
     channels_last: bool = False
-    """Channels-last memory format for the model and 4-D (and (B, T, C, H, W)) inputs: faster
-    ResNets on CUDA tensor cores."""
+    """CUDA: channels-last memory format for the model and 4-D (and (B, T, C, H, W)) inputs, faster
+    ResNets on tensor cores. Off: such inputs are made contiguous (NCHW)."""
     compile: bool = False
     """torch.compile each encoder (minutes of compilation up front; see docs/scaling.md)."""
 
@@ -326,6 +326,9 @@ def check(config: Config) -> None:
         (config.data.prefetch_factor >= 1, "data.prefetch_factor must be >= 1"),
         (config.train.precision != "fp16" or config.train.device.startswith("cuda"),
          f"train.precision=fp16 needs CUDA (loss-scaled float16); on {config.train.device} use bf16 or fp32"),
+        (not config.train.channels_last or config.train.device.startswith("cuda"),
+         f"train.channels_last is for CUDA; on {config.train.device} oneDNN's channels-last convolution "
+         f"backward can crash for narrow ResNets (see train/precision.py)"),
         (isinstance(config.method.get("name"), str), "method.name must be a string"),
     ]
     for ok, message in rules:

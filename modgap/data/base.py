@@ -97,7 +97,10 @@ class FeatureDataset(MultimodalDataset):
         for m, x in features.items():
             x = np.asarray(x, dtype=np.float32)
             if standardize:  # statistics of the train split only: val and test never leak in
-                mean, std = x[train].mean(0), x[train].std(0)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    mean, std = x[train].mean(0), x[train].std(0)
+                if not (np.isfinite(mean).all() and np.isfinite(std).all()):  # float32 overflow (|x| ~ 1e19+)
+                    mean, std = x[train].astype(np.float64).mean(0), x[train].astype(np.float64).std(0)
                 x = (x - mean) / np.where(std > 1e-8, std, 1.0)
             self._x[m] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self._y = torch.from_numpy(self.labels)

@@ -200,6 +200,7 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
         raise DataError(f"{src}: no usable samples found for {dataset}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_partials(out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -227,14 +228,39 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
         _write_folder(tmp, fmt, kinds, index, [samples[i] for i in keep], arrays, counts, keep, skipped,
                       val_fraction, split_seed, class_of)
         del arrays
-        if out.exists():
-            shutil.rmtree(out)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():  # move the old folder aside first: a kill now leaves it whole, beside the new one
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = json.loads((out / "manifest.json").read_text())
     return PrepareReport(out, manifest["counts"], skipped, time.perf_counter() - started)
+
+
+def remove_dead_partials(out: Path) -> None:
+    """Delete what a killed prepare left beside ``out`` (.NAME.partial-PID of dead processes), and
+    put back a folder a killed ``--force`` had moved aside (.NAME.old-PID) if ``out`` is missing."""
+    for leftover in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if kind.endswith(".old") and not out.exists():
+            os.replace(leftover, out)
+        elif kind.endswith((".partial", ".old")):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run(kinds, samples, jobs):

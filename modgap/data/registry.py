@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..config import DataConfig
+from ..errors import DataError
 from ..registry import Registry
 from .base import MultimodalDataset
 
@@ -25,7 +26,12 @@ DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
 def load_dataset(cfg: DataConfig) -> MultimodalDataset:
-    return DATASETS.get(cfg.name).load(cfg)
+    data = DATASETS.get(cfg.name).load(cfg)
+    present = sorted({data.classes[int(y)] for y in data.labels[data.splits["train"]]})
+    if len(present) < 2:  # (else a whole run would end in the probe's error, or learn nothing)
+        raise DataError(f"{data.name}: the train split holds {len(present)} class(es) "
+                        f"({', '.join(present) or 'none'}); classification needs at least two")
+    return data
 
 
 def parse_data_spec(spec: str) -> dict[str, Any]:

@@ -86,9 +86,12 @@ def read_modality(path: Path, ids: list[str]) -> np.ndarray:
             raise DataError(f"{path}: not a .npy file (no NumPy header; write it with numpy.save)")
         if x.ndim != 2 or x.shape[0] != len(ids):
             raise DataError(f"{path}: expected shape ({len(ids)}, features) in the row order of labels.csv, got {x.shape}")
-        if not np.issubdtype(x.dtype, np.number):
-            raise DataError(f"{path}: expected numbers, got dtype {x.dtype}")
-        x = x.astype(np.float32)
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise DataError(f"{path}: expected real numbers, got dtype {x.dtype}")
+        if x.shape[1] < 1:
+            raise DataError(f"{path}: no feature columns (shape {x.shape})")
+        with np.errstate(over="ignore"):  # beyond float32: inf, reported below as such
+            x = x.astype(np.float32)
     else:
         header, rows = read_csv(path)
         if not header or header[0] != "id":
@@ -103,7 +106,8 @@ def read_modality(path: Path, ids: list[str]) -> np.ndarray:
             if row[0] in table:
                 raise DataError(f"{path}: line {line}: duplicate id '{row[0]}'")
             try:
-                table[row[0]] = np.asarray(row[1:], dtype=np.float32)
+                with np.errstate(over="ignore"):  # beyond float32: inf, reported below as such
+                    table[row[0]] = np.asarray(row[1:], dtype=np.float32)
             except ValueError:
                 bad = next(j for j, v in enumerate(row[1:]) if not _is_number(v))
                 raise DataError(f"{path}: line {line}, column '{header[bad + 1]}': '{row[bad + 1]}' is not a number") from None
@@ -114,7 +118,7 @@ def read_modality(path: Path, ids: list[str]) -> np.ndarray:
         x = np.stack([table[i] for i in ids])
     if not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0, 0])
-        raise DataError(f"{path}: non-finite value for id '{ids[row]}'")
+        raise DataError(f"{path}: non-finite value (or one beyond float32's +-3.4e38) for id '{ids[row]}'")
     return x
 
 

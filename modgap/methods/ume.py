@@ -33,7 +33,7 @@ class UniModalEnsemble(Unimodal):
     fusion = "mean"
 
     @dataclass
-    class Options:
+    class Options(Unimodal.Options):  # (label_mix too: Unimodal's __init__ and losses read it)
         combine: str = "logits"
         """How the uni-modal outputs are ensembled: logits (mean of logits, the paper's late-fusion
         sum up to scale) or probs (mean of softmax probabilities)."""

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from ..errors import ConfigError
+
 
 @dataclass
 class Distributed:
@@ -56,7 +58,19 @@ class Distributed:
     def device(self, requested: str) -> torch.device:
         if requested.startswith("cuda") and self.enabled:
             return torch.device("cuda", self.local_rank)
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ConfigError(f"train.device '{requested}' is not a device (modgap trains on cpu, cuda[:N] or mps)") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if (device.index or 0) >= count:
+                raise ConfigError(f"train.device '{requested}': this machine has {count} CUDA device(s)")
+        elif device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"train.device '{requested}': MPS is not available here")
+        elif device.type not in ("cpu", "mps"):
+            raise ConfigError(f"train.device '{requested}': modgap trains on cpu, cuda[:N] or mps")
+        return device
 
     # ---- sharding ----------------------------------------------------------------------------
     def shard_batch(self, rows: np.ndarray) -> tuple[np.ndarray, float]:

@@ -14,6 +14,7 @@ carry a SHA-256 of their contents and are refused when it does not match.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -30,8 +31,26 @@ import torch
 import yaml
 
 from ..errors import RunFolderError
+from .faults import fault_point
 
 MAGIC = b"MODGAPCK1\n"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not fsync folders
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -42,7 +61,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        fault_point("checkpoint_write" if path.suffix == ".pt" else "file_write")
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         try:
             os.unlink(tmp)
@@ -53,6 +75,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn an OSError while writing ``path`` into a one-line RunFolderError (disk full named as such)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise RunFolderError(f"{path}: disk full; what was written before is intact "
+                                 f"(free space, then continue with --resume)") from None
+        raise RunFolderError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -96,6 +130,8 @@ class RunFolder:
         except OSError as exc:
             raise RunFolderError(f"{self.path}: cannot write the run folder ({exc.strerror})") from None
         self._lock()
+        for leftover in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)  # a temp file of a process killed mid-write (ours now: we hold the lock)
 
     def _lock(self) -> None:
         lock = self.path / ".lock"
@@ -124,22 +160,28 @@ class RunFolder:
 
     # ---- files -------------------------------------------------------------------------------
     def write_yaml(self, name: str, data: dict[str, Any]) -> None:
-        atomic_write_text(self.path / name, yaml.safe_dump(data, sort_keys=False))
+        with writing(self.path / name):
+            atomic_write_text(self.path / name, yaml.safe_dump(data, sort_keys=False))
 
     def read_yaml(self, name: str) -> dict[str, Any]:
         try:
-            return yaml.safe_load((self.path / name).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise RunFolderError(f"{self.path / name}: cannot read ({exc})") from None
+            data = yaml.safe_load((self.path / name).read_text(encoding="utf-8")) or {}
+        except Exception as exc:  # OSError, not UTF-8, not YAML, or a YAML tag's own error (!!float abc)
+            raise RunFolderError(f"{self.path / name}: cannot read ({type(exc).__name__}: {exc})") from None
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{self.path / name}: expected a mapping, got {type(data).__name__}")
+        return data
 
     def write_json(self, name: str, data: Any) -> None:
-        atomic_write_text(self.path / name, json.dumps(data, indent=2) + "\n")
+        with writing(self.path / name):
+            atomic_write_text(self.path / name, json.dumps(data, indent=2) + "\n")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        with writing(self.path / "metrics.jsonl"), (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        fault_point("metrics_append")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
@@ -148,20 +190,28 @@ class RunFolder:
         records = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 break  # a line cut short by a crash: everything after it is rewritten on resume
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                break  # not a record of ours (an edited or damaged file): treated the same way
+            records.append(record)
         return records
 
-    def truncate_logs(self, epochs_done: int, steps_done: int) -> None:
-        """On resume: keep only what the checkpoint already accounts for."""
+    def truncate_logs(self, epochs_done: int, steps_done: int, total_steps: int | None = None) -> None:
+        """On resume: keep only what the checkpoint already accounts for. ``total_steps`` (when the
+        resume changes the number of epochs) rewrites alpha.csv's progress column for the new total."""
         kept = [r for r in self.read_metrics() if r["epoch"] < epochs_done]
-        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        with writing(self.path / "metrics.jsonl"):
+            atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         alpha = self.path / "alpha.csv"
         if alpha.exists():
-            rows = list(csv.reader(alpha.open(newline="")))
-            good = [r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) <= steps_done]  # steps count from 1
-            atomic_write_text(alpha, "".join(",".join(r) + "\n" for r in [rows[0], *good]))
+            with writing(alpha), alpha.open(newline="") as f:
+                rows = list(csv.reader(f))
+                good = [r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) <= steps_done]  # steps count from 1
+                if total_steps:
+                    good = [[r[0], r[1], f"{int(r[0]) / total_steps:.6f}", r[3]] for r in good]
+                atomic_write_text(alpha, "".join(",".join(r) + "\n" for r in [rows[0], *good]))
 
     def alpha_writer(self) -> "AlphaLog":
         return AlphaLog(self.path / "alpha.csv")
@@ -171,7 +221,8 @@ class RunFolder:
             save_checkpoint(self.checkpoints / name, state)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise RunFolderError(f"{self.checkpoints / name}: disk full; the previous checkpoint is intact") from None
+                raise RunFolderError(f"{self.checkpoints / name}: disk full; the previous checkpoint is intact "
+                                     f"(free space, then continue with --resume)") from None
             raise RunFolderError(f"{self.checkpoints / name}: cannot write ({exc.strerror})") from None
 
     def load(self, name: str) -> dict[str, Any]:
@@ -181,7 +232,8 @@ class RunFolder:
         """last.pt, keeping the one before it as last.prev.pt (used if last.pt turns out corrupt)."""
         last = self.checkpoints / "last.pt"
         if last.exists():
-            os.replace(last, self.checkpoints / "last.prev.pt")
+            with writing(last):
+                os.replace(last, self.checkpoints / "last.prev.pt")
         self.save("last.pt", state)
 
     def load_latest(self) -> dict[str, Any] | None:
@@ -217,14 +269,15 @@ class AlphaLog:
         self.path = path
         self.rows: list[str] = []
         if not path.exists():
-            atomic_write_text(path, "step,epoch,progress,alpha\n")
+            with writing(path):
+                atomic_write_text(path, "step,epoch,progress,alpha\n")
 
     def add(self, step: int, epoch: int, progress: float, alpha: float) -> None:
         self.rows.append(f"{step},{epoch},{progress:.6f},{alpha:.8g}\n")
 
     def flush(self) -> None:
         if self.rows:
-            with self.path.open("a", encoding="utf-8") as f:
+            with writing(self.path), self.path.open("a", encoding="utf-8") as f:
                 f.writelines(self.rows)
                 f.flush()
                 os.fsync(f.fileno())
