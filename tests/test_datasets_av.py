@@ -458,7 +458,7 @@ def test_bad_input_stops_or_is_recorded(tmp_path, breaker):
     listed = len((src / "vggsound.csv").read_text().splitlines())
     assert m["skipped"] == 1 and m["num_samples"] == listed - 1
     assert bad_id not in {r["id"] for r in read_samples(report.out)}
-    assert f"skipped 1 ids" in report.format()
+    assert "skipped 1 ids" in report.format()
 
 
 def test_failed_prepare_leaves_existing_folder_intact(tmp_path):

@@ -10,7 +10,6 @@ tests/test_bench.py.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import io
@@ -287,7 +286,7 @@ def test_huge_feature_value(tmp_path):
                                        "--set", "data.standardize=false", "--set", "data.batch_size=16"))
     one_line_error(code, err, "non-finite", "epoch", "step", "ids r")
     write_table(tmp_path / "t38", 3e38)
-    data = load_dataset(make_config(assignments=[f"data.name=tables", f"data.path={tmp_path / 't38'}"]).data)
+    data = load_dataset(make_config(assignments=["data.name=tables", f"data.path={tmp_path / 't38'}"]).data)
     x = data.batch(np.arange(90), train=False).inputs["x"].numpy()
     assert np.isfinite(x).all() and x[:, 2].std() > 0
     code, _, err = run_cli(*train_argv(tmp_path / "r2", "--data", f"tables:{tmp_path / 't38'}", "--method", "joint",

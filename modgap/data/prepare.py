@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import ConfigError, DataError, ModgapError
 from ..registry import Registry
+from ..train.runfolder import process_alive
 from .base import SPLITS
 from .kinds import KINDS, ModalityKind
 from .registry import DATASETS
@@ -245,22 +246,13 @@ def remove_dead_partials(out: Path) -> None:
     put back a folder a killed ``--force`` had moved aside (.NAME.old-PID) if ``out`` is missing."""
     for leftover in out.parent.glob(f".{out.name}.*-*"):
         kind, _, pid = leftover.name.rpartition("-")
-        if not pid.isdigit() or _pid_alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         if kind.endswith(".old") and not out.exists():
             os.replace(leftover, out)
         elif kind.endswith((".partial", ".old")):
             shutil.rmtree(leftover, ignore_errors=True)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run(kinds, samples, jobs):

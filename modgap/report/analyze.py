@@ -25,8 +25,6 @@ Runs go to OUT/runs/<setting>-s<seed>; a finished one is reused, an interrupted 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .tables import write_csv as tables_write_csv
 from ..config import Config, build
 from ..train.runfolder import atomic_write_text
 from . import plots
@@ -177,14 +176,7 @@ def markdown_table(table: list[dict[str, Any]], modalities: list[str]) -> str:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    tables_write_csv(rows, path)
 
 
 def label_fitting_figure(curves, table, modalities, mix):

@@ -143,7 +143,7 @@ class RunFolder:
                     pid = int(lock.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and _alive(pid):
+                if pid and process_alive(pid):
                     raise RunFolderError(f"{self.path}: in use by process {pid} (remove {lock} if that is wrong)") from None
                 lock.unlink(missing_ok=True)  # left behind by a process that died
                 continue
@@ -284,7 +284,7 @@ class AlphaLog:
             self.rows = []
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
