@@ -48,7 +48,7 @@ FILES = (("train", "train_titles.csv"), ("test", "test_titles.csv"))
 
 def read_rows(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, fields) of each non-empty CSV record, with one-line errors naming the file."""
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))  # page texts can exceed the 128 kB default
+    previous = csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))  # page texts exceed 128 kB
     rows = []
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -64,6 +64,8 @@ def read_rows(path: Path) -> list[tuple[int, list[str]]]:
         raise DataError(f"{path}: malformed CSV near line {reader.line_num} ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    finally:
+        csv.field_size_limit(previous)  # the limit is process-wide: give it back
     return rows
 
 
