@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
 
@@ -20,18 +19,13 @@ TINY = ["--set", "model.hidden=[32]", "--set", "model.feature_dim=16", "--set", 
         "--set", "train.threads=1", "--set", "data.batch_size=50"]  # 1440 train rows: a 40-row last batch
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(out, procs: int, *args: str) -> None:
     if procs == 1:
         cmd = [sys.executable, "-m", "modgap", "train"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "modgap", "train"]
+        # --standalone: torchrun picks a free local port itself (no race with other tests for one)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
+               "-m", "modgap", "train"]
     proc = subprocess.run([*cmd, "--out", str(out), "--quiet", *TINY, *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
