@@ -9,9 +9,13 @@ alpha is the weight on classification, w = 1 - alpha the weight on matching, s =
 - ``lfm-lb`` learns alpha by bi-level optimisation: after each K-th optimiser step it takes the
   exact hypergradient of the one-step-unrolled problem min_alpha L_val(theta'(alpha)) on a batch
   of the VALIDATION split (``AlphaLearner``), or, with ``variant=official``, reproduces the released
-  code's once-per-epoch update (not a true hypergradient; see docs/method.md).
+  code's once-per-epoch update (not a true hypergradient; see docs/method.md). Remedies for the
+  one-step horizon's short-sightedness (issue 8): ``horizon`` (exact hypergradient through the last
+  H steps, forward mode), ``val_objective=fused+modalities`` (an outer loss that also counts each
+  modality's own CE), ``hyper_momentum`` (an average of hypergradients) and ``warmup``.
 
-The pieces work in a user's own loop too: ``lfm_objective``, ``matching_weight``, ``AlphaLearner``.
+The pieces work in a user's own loop too: ``lfm_objective``, ``matching_weight``, ``AlphaLearner``,
+``validation_loss``.
 """
 
 from __future__ import annotations
@@ -124,9 +128,57 @@ def _sgd_pre(opt, group, p) -> dict[str, Any]:
 
 def _adam_pre(opt, group, p) -> dict[str, Any]:
     g = p.grad.detach().clone()
+    if False:
+        g = -g  # torch negates the gradient before the weight decay and the moments
     if isinstance(opt, torch.optim.AdamW) or group.get("decoupled_weight_decay", False):
         return {"grad": g}
     return {"grad": g + group["weight_decay"] * p.detach()}
+
+
+# ------------------------------------------------- truncated K-step hypergradient (forward mode)
+# Through a window of K optimiser steps the tangent z_t = d theta_t / d alpha (zero at the window's
+# start: the truncation) follows the optimiser's own recursion. With D_t = s (g_cls - g_match) +
+# H_t z_t (H_t the Hessian of the step's training loss; one Hessian-vector product) the gradient the
+# optimiser sees moves by dg_t = D_t (+ wd z_t where the weight decay is coupled); the rules below
+# push dg_t through the momentum buffer / Adam moments to z_{t+1}. ``tan`` holds the tangents of the
+# optimiser state (SGD: the buffer u; Adam: the moments m, v), also zero at the window's start.
+def _sgd_tangent(opt: torch.optim.Optimizer, group: dict, p: torch.Tensor, D: torch.Tensor,
+                 pre: dict[str, Any], tan: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    mu, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]
+    dg = -D if group.get("maximize", False) else D
+    if wd != 0:
+        dg = dg + wd * z
+    if mu != 0:
+        u = dg if pre["first"] else mu * tan.get("u", torch.zeros_like(dg)) + (1.0 - damp) * dg
+        tan["u"] = u
+        dg = dg + mu * u if group["nesterov"] else u
+    return z - group["lr"] * dg
+
+
+def _adam_tangent(opt: torch.optim.Optimizer, group: dict, p: torch.Tensor, D: torch.Tensor,
+                  pre: dict[str, Any], tan: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    if group.get("amsgrad", False):
+        raise ConfigError("lfm-lb: the hypergradient is not derived for amsgrad; use optim.name=adam without it")
+    b1, b2 = group["betas"]
+    eps, lr, wd = group["eps"], group["lr"], group["weight_decay"]
+    decoupled = isinstance(opt, torch.optim.AdamW) or group.get("decoupled_weight_decay", False)
+    g = pre["grad"]  # as Adam saw it: sign of maximize and coupled weight decay applied
+    dg = -D if group.get("maximize", False) else D
+    if wd != 0 and not decoupled:
+        dg = dg + wd * z
+    dm = b1 * tan.get("m", torch.zeros_like(dg)) + (1 - b1) * dg
+    dv = b2 * tan.get("v", torch.zeros_like(dg)) + 2 * (1 - b2) * g * dg
+    tan["m"], tan["v"] = dm, dv
+    state = opt.state[p]
+    t = float(state["step"])
+    c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+    m_hat = state["exp_avg"] / c1
+    sqrt_v = (state["exp_avg_sq"] / c2).sqrt()
+    denom = sqrt_v + eps
+    second = torch.where(sqrt_v > 0, m_hat * dv / (2 * c2 * sqrt_v.clamp_min(1e-300) * denom**2), torch.zeros_like(dv))
+    if decoupled and wd != 0:
+        z = z * (1.0 - lr * wd)
+    return z - lr * (dm / (c1 * denom) - second)
 
 
 OPTIMIZER_RULES = {
@@ -134,55 +186,103 @@ OPTIMIZER_RULES = {
     torch.optim.Adam: (_adam_pre, _adam_direction),
     torch.optim.AdamW: (_adam_pre, _adam_direction),
 }
+TANGENT_RULES = {torch.optim.SGD: _sgd_tangent, torch.optim.Adam: _adam_tangent, torch.optim.AdamW: _adam_tangent}
 
 
 class AlphaLearner:
-    """Learns alpha with the exact hypergradient of the one-step-unrolled bi-level problem.
+    """Learns alpha with the exact hypergradient of the unrolled bi-level problem.
 
-    Use per update (every K steps) in any training loop::
+    One-step (``horizon=1``, the default), per update (every K steps) in any training loop::
 
         learner.backward(cls_loss, match_loss, params, loss_scale)   # sets p.grad, keeps g_cls - g_match
         optimizer.step()
-        val_loss = ...                                               # fused CE on a validation batch at theta'
+        val_loss = ...                                               # e.g. fused CE on a validation batch at theta'
         learner.step(val_loss, optimizer, params)                    # updates learner.alpha
 
     dL_val/dalpha = < grad L_val(theta'), d theta'/d alpha >, where d theta'/d alpha follows the
     optimiser's own update rule (SGD: -lr * s * (g_cls - g_match); Adam/AdamW: method.md).
+
+    Truncated ``horizon`` H > 1: the derivative of L_val after the last H steps with respect to
+    the alpha those H steps used (earlier steps held fixed), by forward-mode differentiation through
+    the optimiser: every step of the window calls ``backward`` (one extra Hessian-vector product
+    after the window's first step) and, after ``optimizer.step()``, ``advance``; the last step calls
+    ``step`` instead of ``advance``, which ends the window::
+
+        learner.backward(cls_loss, match_loss, params, loss_scale, optimizer)   # each window step
+        optimizer.step()
+        learner.advance(optimizer, params)            # or, on the window's last step: learner.step(val_loss, ...)
+
+    ``momentum`` beta > 0 moves alpha by a bias-corrected exponential average of the hypergradients
+    instead of the latest one.
     """
 
     def __init__(self, alpha: float = 0.05, lr: float = 1.0, bounds: tuple[float, float] = (0.05, 1.0),
-                 parametrization: str = "clip") -> None:
+                 parametrization: str = "clip", horizon: int = 1, momentum: float = 0.0) -> None:
         if parametrization not in ("clip", "sigmoid"):
             raise ConfigError(f"unknown parametrization '{parametrization}'{closest(parametrization, ('clip', 'sigmoid'))}")
         if not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
             raise ConfigError(f"alpha bounds must satisfy 0 <= min <= max <= 1, got {bounds}")
+        if horizon < 1:
+            raise ConfigError(f"the hypergradient horizon must be >= 1 optimiser step, got {horizon}")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"the hypergradient momentum must lie in [0, 1), got {momentum}")
         self.lr, self.bounds, self.parametrization = lr, bounds, parametrization
+        self.horizon, self.momentum = horizon, momentum
         self.alpha = min(max(alpha, bounds[0]), bounds[1])
         self.logit = math.log(max(self.alpha, 1e-6) / max(1 - self.alpha, 1e-6))
         self.last_hypergradient = 0.0
+        self.average, self.updates = 0.0, 0
         self._d: list[torch.Tensor | None] | None = None
         self._pre: list[dict[str, Any] | None] = []
+        self._z: list[torch.Tensor] | None = None  # horizon > 1: d theta / d alpha in the window so far
+        self._tan: list[dict[str, torch.Tensor]] | None = None
+        self.window_steps = 0
 
+    # ---- gradients of the training step -------------------------------------------------------
     def backward(self, cls_loss: torch.Tensor, match_loss: torch.Tensor, params: Sequence[torch.Tensor],
                  loss_scale: float, optimizer: torch.optim.Optimizer | None = None,
                  reduce: Callable[[list[torch.Tensor]], None] | None = None) -> None:
-        """Accumulate s * (alpha g_cls + (1 - alpha) g_match) into p.grad and keep s * (g_cls - g_match).
+        """Accumulate s * (alpha g_cls + (1 - alpha) g_match) into p.grad and keep s * (g_cls - g_match)
+        (with ``horizon`` > 1, plus H z: the change of the gradient along the window's tangent z).
 
         ``reduce`` combines the kept difference over processes (in place); pass ``optimizer`` to
         record the optimiser's pre-step state now, or call ``capture`` once p.grad is final."""
-        g_cls = torch.autograd.grad(cls_loss, params, retain_graph=True, allow_unused=True)
-        g_match = torch.autograd.grad(match_loss, params, allow_unused=True)
-        self._d = []
-        for p, gc, gm in zip(params, g_cls, g_match):
-            gc = torch.zeros_like(p) if gc is None else gc
-            gm = torch.zeros_like(p) if gm is None else gm
-            grad = loss_scale * (self.alpha * gc + (1.0 - self.alpha) * gm)
-            p.grad = grad if p.grad is None else p.grad + grad
-            self._d.append(loss_scale * (gc - gm))
+        params = list(params)
+        if self.horizon > 1:
+            self._tangent_backward(cls_loss, match_loss, params, loss_scale)
+        else:
+            g_cls = torch.autograd.grad(cls_loss, params, retain_graph=True, allow_unused=True)
+            g_match = torch.autograd.grad(match_loss, params, allow_unused=True)
+            self._d = []
+            for p, gc, gm in zip(params, g_cls, g_match):
+                gc = torch.zeros_like(p) if gc is None else gc
+                gm = torch.zeros_like(p) if gm is None else gm
+                grad = loss_scale * (self.alpha * gc + (1.0 - self.alpha) * gm)
+                p.grad = grad if p.grad is None else p.grad + grad
+                self._d.append(loss_scale * (gc - gm))
         if reduce is not None:
             reduce(self._d)
         if optimizer is not None:
             self.capture(optimizer, params)
+
+    def _tangent_backward(self, cls_loss, match_loss, params, loss_scale) -> None:
+        """p.grad += grad L; keeps D = s (g_cls - g_match) + H z (H: Hessian of L at this step)."""
+        total = lfm_objective(cls_loss, match_loss, self.alpha, loss_scale)
+        direct = loss_scale * (cls_loss - match_loss)
+        z = self._z
+        if z is None:  # first step of a window: z = 0, no Hessian term
+            g_total = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+            D = torch.autograd.grad(direct, params, allow_unused=True)
+        else:
+            g_total = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
+            dot = sum(((g * v.to(g)).sum() for g, v in zip(g_total, z) if g is not None and g.requires_grad),
+                      torch.zeros((), dtype=total.dtype, device=total.device))
+            D = torch.autograd.grad(direct + dot, params, allow_unused=True)
+        self._d = []
+        for p, g, d in zip(params, g_total, D):
+            g = torch.zeros_like(p) if g is None else g.detach()
+            p.grad = g if p.grad is None else p.grad + g
+            self._d.append(torch.zeros_like(p) if d is None else d)
 
     def capture(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
         """Record what the optimiser's coming step depends on (call after backward, before step)."""
@@ -190,8 +290,35 @@ class AlphaLearner:
         groups = self._groups(optimizer)
         self._pre = [pre_rule(optimizer, groups[id(p)], p) if id(p) in groups else None for p in params]
 
+    # ---- d theta' / d alpha -------------------------------------------------------------------
+    def advance(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
+        """horizon > 1, after optimizer.step(): carry the tangent z = d theta/d alpha through the step."""
+        if self._d is None:
+            raise RuntimeError("AlphaLearner.advance() before backward()")
+        if len(self._pre) != len(self._d):
+            raise RuntimeError("AlphaLearner.advance(): call capture() (or pass optimizer to backward) before the step")
+        rule = self._tangent_rule(optimizer)
+        groups = self._groups(optimizer)
+        z = self._z if self._z is not None else [torch.zeros_like(p) for p in params]
+        tan = self._tan if self._tan is not None else [{} for _ in params]
+        new = []
+        for p, d, pre, zi, ti in zip(params, self._d, self._pre, z, tan):
+            zi = zi.to(p)
+            for k in ti:
+                ti[k] = ti[k].to(p)
+            new.append(rule(optimizer, groups[id(p)], p, d, pre, ti, zi).detach() if pre is not None else zi)
+        self._z, self._tan = new, tan
+        self._d, self._pre = None, []
+        self.window_steps += 1
+
     def direction(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """d theta'/d alpha per parameter, after optimizer.step()."""
+        if self.horizon > 1:
+            if self._d is not None:
+                self.advance(optimizer, params)
+            if self._z is None:
+                raise RuntimeError("AlphaLearner.direction() before backward()")
+            return self._z
         if self._d is None:
             raise RuntimeError("AlphaLearner.direction() before backward()")
         if len(self._pre) != len(self._d):
@@ -203,28 +330,46 @@ class AlphaLearner:
 
     def hypergradient(self, val_loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                       params: Sequence[torch.Tensor]) -> torch.Tensor:
-        """dL_val(theta')/dalpha; ``val_loss`` must be computed at the new parameters theta'."""
+        """dL_val(theta')/dalpha; ``val_loss`` must be computed at the new parameters theta'.
+        Ends the current window (horizon > 1)."""
         grads = torch.autograd.grad(val_loss, params, allow_unused=True)
         total = torch.zeros((), dtype=torch.float64, device=val_loss.device)
         for g, v in zip(grads, self.direction(optimizer, params)):
             if g is not None:
                 total = total + (g.double() * v.double()).sum()
-        self._d, self._pre = None, []
+        self.reset()
         return total
 
+    def reset(self) -> None:
+        """Drop what was kept for the coming update (a skipped step, the end of a window)."""
+        self._d, self._pre = None, []
+        self._z, self._tan, self.window_steps = None, None, 0
+
+    # ---- the step on alpha --------------------------------------------------------------------
     def update(self, hypergradient: float) -> float:
-        """One gradient step on alpha (or on its logit), kept inside the bounds; returns alpha."""
+        """One gradient step on alpha (or on its logit), kept inside the bounds; returns alpha.
+        With ``momentum`` beta the step uses the bias-corrected average
+        a_n = beta a_{n-1} + (1 - beta) h_n, a_n / (1 - beta^n), instead of h_n."""
         h = float(hypergradient)
         if not math.isfinite(h):
             return self.alpha  # a non-finite hypergradient never moves alpha
         self.last_hypergradient = h
+        if self.momentum > 0:
+            self.updates += 1
+            self.average = self.momentum * self.average + (1.0 - self.momentum) * h
+            h = self.average / (1.0 - self.momentum**self.updates)
         lo, hi = self.bounds
         if self.parametrization == "sigmoid":
-            self.logit -= self.lr * h * self.alpha * (1.0 - self.alpha)
-            self.logit = min(max(self.logit, -30.0), 30.0)
+            move = self.lr * h * self.alpha * (1.0 - self.alpha)
+            if math.isnan(move):  # inf * 0 (a huge lr * h at alpha 0 or 1): no step
+                return self.alpha
+            self.logit = min(max(self.logit - move, -30.0), 30.0)
             self.alpha = min(max(1.0 / (1.0 + math.exp(-self.logit)), lo), hi)
         else:
-            self.alpha = min(max(self.alpha - self.lr * h, lo), hi)
+            move = self.lr * h
+            if math.isnan(move):  # inf * 0 (lr = inf, h = 0): no step
+                return self.alpha
+            self.alpha = min(max(self.alpha - move, lo), hi)
         return self.alpha
 
     def step(self, val_loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
@@ -232,11 +377,21 @@ class AlphaLearner:
         return self.update(reduce(self.hypergradient(val_loss, optimizer, params)).item())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "logit": self.logit, "lr": self.lr, "last": self.last_hypergradient}
+        state = {"alpha": self.alpha, "logit": self.logit, "lr": self.lr, "last": self.last_hypergradient,
+                 "average": self.average, "updates": self.updates}
+        if self._z is not None:  # a window in flight (horizon > 1): resume it exactly
+            state["window"] = {"z": [z.detach().clone() for z in self._z], "steps": self.window_steps,
+                               "tan": [{k: v.detach().clone() for k, v in t.items()} for t in self._tan]}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.alpha, self.logit = state["alpha"], state["logit"]
         self.lr, self.last_hypergradient = state["lr"], state["last"]
+        self.average, self.updates = state.get("average", 0.0), state.get("updates", 0)
+        self.reset()
+        window = state.get("window")
+        if window is not None:
+            self._z, self._tan, self.window_steps = list(window["z"]), list(window["tan"]), window["steps"]
 
     @staticmethod
     def _groups(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
@@ -249,6 +404,11 @@ class AlphaLearner:
                 return rules
         raise ConfigError(f"lfm-lb: no exact hypergradient for optimiser {type(optimizer).__name__} "
                           f"(supported: {', '.join(k.__name__ for k in OPTIMIZER_RULES)})")
+
+    @staticmethod
+    def _tangent_rule(optimizer: torch.optim.Optimizer):
+        AlphaLearner._rules(optimizer)  # the same optimisers, the same message
+        return TANGENT_RULES[type(optimizer)]
 
 
 def official_matching_gradient(cls_loss: torch.Tensor, match_loss: torch.Tensor, alpha: float,
@@ -325,6 +485,25 @@ class LFMHeuristic(LFMBase):
         self._alpha = 1.0 - self.schedule(ctx.epoch, ctx.epochs, o.w0, o.w1)
 
 
+VAL_OBJECTIVES = ("fused", "fused+modalities")
+
+
+def validation_loss(out, y: torch.Tensor, objective: str = "fused", modality_weight: float = 1.0) -> torch.Tensor:
+    """The outer objective of lfm-lb on a validation batch.
+
+    fused:             CE(z, y)
+    fused+modalities:  CE(z, y) + modality_weight * (1/M) sum_m CE(z_m, y)   (each modality's own head,
+                       so that a step that leaves the weak modality behind costs something)
+    """
+    loss = cross_entropy(out.fused, y)
+    if objective == "fused+modalities":
+        per = [cross_entropy(z, y) for z in out.logits.values()]
+        loss = loss + modality_weight * sum(per) / len(per)
+    elif objective != "fused":
+        raise ConfigError(f"unknown method.val_objective '{objective}'{closest(objective, VAL_OBJECTIVES)}")
+    return loss
+
+
 @register
 class LFMLearned(LFMBase):
     name = "lfm-lb"
@@ -333,7 +512,7 @@ class LFMLearned(LFMBase):
     @dataclass
     class Options(LFMBase.Options):
         variant: str = "exact"
-        """exact: one-step-unrolled hypergradient; official: the released code's update."""
+        """exact: unrolled hypergradient (one step, or `horizon` steps); official: the released code's update."""
         alpha0: float = 0.05
         alpha_min: float = 0.05
         alpha_max: float = 1.0
@@ -342,6 +521,17 @@ class LFMLearned(LFMBase):
         """Update alpha after every K-th optimiser step."""
         parametrization: str = "clip"
         """clip (alpha itself, clipped) or sigmoid (a logit)."""
+        horizon: int = 1
+        """Differentiate L_val through the last H optimiser steps before each update (forward mode,
+        one Hessian-vector product per step of the window after its first); 1 = one-step; capped at every."""
+        val_objective: str = "fused"
+        """fused (CE of the fused logits) or fused+modalities (plus val_modality_weight x the mean of
+        each modality's own CE)."""
+        val_modality_weight: float = 1.0
+        hyper_momentum: float = 0.0
+        """beta of a bias-corrected moving average of the hypergradient that moves alpha (0: the latest)."""
+        warmup: int = 0
+        """Epochs at the start with alpha fixed at alpha0 (no hypergradient is computed)."""
         official_w0: float = 0.95
         official_lr: float = 1e-4
         official_halve_every: int = 20
@@ -349,26 +539,44 @@ class LFMLearned(LFMBase):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if options.variant not in ("exact", "official"):
-            raise ConfigError(f"unknown method.variant '{options.variant}'{closest(options.variant, ('exact', 'official'))}")
-        if options.every < 1 or options.lr_alpha < 0 or options.official_batch < 1:
+        o = options
+        if o.variant not in ("exact", "official"):
+            raise ConfigError(f"unknown method.variant '{o.variant}'{closest(o.variant, ('exact', 'official'))}")
+        if o.every < 1 or o.lr_alpha < 0 or o.official_batch < 1:
             raise ConfigError("method.every and method.official_batch must be >= 1, method.lr_alpha >= 0")
-        if options.variant == "official":
-            self.learner = AlphaLearner(1.0 - options.official_w0, options.official_lr, (0.05, 0.95))
+        if o.horizon < 1 or o.warmup < 0 or o.val_modality_weight < 0:
+            raise ConfigError("method.horizon must be >= 1, method.warmup and method.val_modality_weight >= 0")
+        if o.val_objective not in VAL_OBJECTIVES:
+            raise ConfigError(f"unknown method.val_objective '{o.val_objective}'{closest(o.val_objective, VAL_OBJECTIVES)}")
+        if o.variant == "official":
+            remedies = {"horizon": 1, "val_objective": "fused", "hyper_momentum": 0.0, "warmup": 0}
+            changed = [k for k, v in remedies.items() if getattr(o, k) != v]
+            if changed:
+                raise ConfigError(f"method.{changed[0]} applies to variant=exact, not to the official reproduction")
+            self.learner = AlphaLearner(1.0 - o.official_w0, o.official_lr, (0.05, 0.95))
         else:
-            self.learner = AlphaLearner(options.alpha0, options.lr_alpha, (options.alpha_min, options.alpha_max),
-                                        options.parametrization)
+            self.learner = AlphaLearner(o.alpha0, o.lr_alpha, (o.alpha_min, o.alpha_max), o.parametrization,
+                                        horizon=min(o.horizon, o.every), momentum=o.hyper_momentum)
         self._pending = False
 
     @property
     def alpha(self) -> float:
         return self.learner.alpha
 
+    def _active(self, ctx: StepContext) -> bool:
+        return self.options.variant == "exact" and ctx.epoch >= self.options.warmup
+
     def _due(self, ctx: StepContext) -> bool:
-        return self.options.variant == "exact" and ctx.step % self.options.every == 0
+        """alpha is updated after this step."""
+        return self._active(ctx) and ctx.step % self.options.every == 0
+
+    def _in_window(self, ctx: StepContext) -> bool:
+        """This step is one of the last `horizon` steps before an update (the update step included)."""
+        h, every = self.learner.horizon, self.options.every
+        return self._active(ctx) and ((ctx.step % every) + h - 1) % every < h
 
     def backward(self, losses: Losses, ctx: StepContext) -> None:
-        if not self._due(ctx):
+        if not self._in_window(ctx):
             return super().backward(losses, ctx)
         self.learner.backward(losses.terms["cls"], losses.terms["match"], ctx.params, self.options.loss_scale,
                               reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share))
@@ -382,9 +590,13 @@ class LFMLearned(LFMBase):
         if not self._pending:
             return
         self._pending = False
+        if not self._due(ctx):  # inside a window (horizon > 1): carry d theta/d alpha through the step
+            self.learner.advance(ctx.optimizer, ctx.params)
+            return
+        o = self.options
         val = ctx.next_val_batch()
         with evaluation_mode(ctx.model, self):
-            val_loss = cross_entropy(ctx.model(val.inputs).fused, val.y)
+            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight)
 
             def reduce(h: torch.Tensor) -> torch.Tensor:
                 ctx.reduce_weighted([h], val.share)
@@ -394,6 +606,7 @@ class LFMLearned(LFMBase):
 
     def on_skipped_step(self, ctx: StepContext) -> None:
         self._pending = False
+        self.learner.reset()  # the window restarts (shorter) at the next step
 
     def on_epoch_end(self, ctx: StepContext) -> None:
         if self.options.variant != "official":
@@ -406,7 +619,8 @@ class LFMLearned(LFMBase):
             g = official_matching_gradient(cls, match, self.alpha, o.loss_scale, ctx.params)
         g = float(ctx.all_reduce_mean(g.detach()))
         lr = o.official_lr * 0.5 ** (ctx.epoch // o.official_halve_every)
-        w = min(max((1.0 - self.alpha) - lr * g, 0.05), 0.95) if math.isfinite(g) else 1.0 - self.alpha
+        ok = math.isfinite(g) and not math.isnan(lr * g)  # inf * 0 (official_lr = inf, g = 0): no step
+        w = min(max((1.0 - self.alpha) - lr * g, 0.05), 0.95) if ok else 1.0 - self.alpha
         self.learner.alpha, self.learner.last_hypergradient = 1.0 - w, g
 
     def get_extra_state(self) -> dict[str, Any]:

@@ -31,7 +31,15 @@ from ..models import MultimodalClassifier, build_model
 from .metrics import (OutputAccumulator, classification_metrics, imbalance_ratio, linear_probe,
                       modality_gap)
 from .distributed import Distributed
+from .loader import BatchLoader, Item, default_workers
+from .precision import Precision
+from .faults import fault_point
 from .runfolder import RunFolder
+
+
+DIAGNOSTICS_EVERY = 5
+"""Gradient norms and the discrepancy ratio are sampled every few steps (they cost ~10 % of a
+small model's step when taken at every step; the per-epoch means barely change)."""
 
 
 class TrainingError(ModgapError):
@@ -106,16 +114,21 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.dist = Distributed.from_env(config.train.device)
         self.device = self.dist.device(config.train.device)
+        self.precision = Precision(config.train, self.device)
         seed_everything(config.train.seed)
         self.data: MultimodalDataset = load_dataset(config.data)
+        workers = default_workers(self.data, config.data.workers)
+        self.loader = BatchLoader(self.data, workers, self.device.type == "cuda", config.data.prefetch_factor,
+                                  config.data.persistent_workers, config.train.seed,
+                                  self.precision.inputs) if workers else None
         shapes = {m: self.data.input_shape(m) for m in self.data.modalities}
         suggested = {m: self.data.encoder_for(m) for m in self.data.modalities}
         model_cfg = config.model
         fusion = required_fusion(config.method["name"])
         if fusion is not None:
             model_cfg = build(type(model_cfg), {"fusion": fusion}, base=model_cfg)
-        self.model: MultimodalClassifier = build_model(shapes, self.data.num_classes, model_cfg,
-                                                       suggested).to(self.device)
+        self.model: MultimodalClassifier = self.precision.prepare_model(
+            build_model(shapes, self.data.num_classes, model_cfg, suggested).to(self.device))
         dims = {m: e.out_dim for m, e in self.model.encoders.items()}
         self.method: Method = build_method(config.method, self.data.modalities, self.data.num_classes, dims).to(self.device)
         self.params = [p for p in [*self.model.parameters(), *self.method.parameters()] if p.requires_grad]
@@ -139,18 +152,32 @@ class Trainer:
         if not train:
             rows = self.dist.shard_split(rows)
             size = self.config.data.eval_batch_size
-            for start in range(0, len(rows), size):
-                yield self.data.batch(rows[start:start + size], train=False).to(self.device)
+            plan = [(rows[start:start + size], 1.0) for start in range(0, len(rows), size)]
+        else:
+            rows = rows[permutation(len(rows), self.config.train.seed, epoch)]
+            size = self.config.data.batch_size
+            plan = [self.dist.shard_batch(rows[start:start + size]) for start in range(0, len(rows), size)]
+        if self.loader is not None:  # data.workers > 0: the same plan, built in worker processes
+            seed = (self.config.train.seed, epoch, self.dist.rank)
+            items: list[Item] = [(local, train, share, (*seed, k) if train else None)
+                                 for k, (local, share) in enumerate(plan)]
+            for batch in self.loader.load(items):
+                yield self._on_device(batch)
             return
-        rows = rows[permutation(len(rows), self.config.train.seed, epoch)]
-        size = self.config.data.batch_size
-        for start in range(0, len(rows), size):
-            yield self._local_batch(rows[start:start + size], train=True)
+        for local, share in plan:
+            batch = self._on_device(self.data.batch(local, train=train))
+            batch.share = share
+            yield batch
 
     def _local_batch(self, global_rows: np.ndarray, train: bool) -> Batch:
         local, share = self.dist.shard_batch(global_rows)
-        batch = self.data.batch(local, train=train).to(self.device)
+        batch = self._on_device(self.data.batch(local, train=train))
         batch.share = share
+        return batch
+
+    def _on_device(self, batch: Batch) -> Batch:
+        batch = batch.to(self.device)
+        batch.inputs = self.precision.inputs(batch.inputs)
         return batch
 
     def _next_val_batch(self) -> Batch:
@@ -174,7 +201,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "method": self.method.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "progress": vars(self.state).copy(), "rng": rng_state(), "version": __version__}
+                "progress": vars(self.state).copy(), "rng": rng_state(), "version": __version__,
+                **({"loss_scale": self.precision.state_dict()} if self.precision.loss_scale else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -183,6 +211,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = Progress(**state["progress"])
         set_rng_state(state["rng"])
+        self.precision.load_state_dict(state.get("loss_scale"))
 
     def checkpoint_bytes(self) -> int:
         """About the size of one checkpoint: weights, and up to two optimiser buffers per weight."""
@@ -208,7 +237,8 @@ class Trainer:
             if state is not None:
                 self.load_state_dict(state)
             if self.dist.is_main:
-                self.run.truncate_logs(self.state.epoch, self.state.step)
+                self.run.truncate_logs(self.state.epoch, self.state.step,
+                                       self.config.train.epochs * self.ctx.steps_per_epoch)
                 self.run.write_yaml("config.yaml", cfg_dict)  # epochs may have been extended
         elif self.dist.is_main:
             self.run.check_space(4 * self.checkpoint_bytes() + (16 << 20))
@@ -218,10 +248,12 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        self._start()
         try:
+            self._start()  # inside: a failed start gives back the lock it took (never another's)
             return self._fit()
         finally:
+            if self.loader is not None:
+                self.loader.close()
             self.run.release()
             self.dist.close()
 
@@ -239,7 +271,8 @@ class Trainer:
             self.ctx.epoch = epoch
             self.model.train()
             self.method.train()
-            self.method.on_epoch_start(self.ctx)
+            with self.precision.eager():  # epoch hooks may need double backward (not compiled)
+                self.method.on_epoch_start(self.ctx)
             lr = self.optimizer.param_groups[0]["lr"]
             sums: dict[str, float] = {}
             seen = 0
@@ -255,9 +288,11 @@ class Trainer:
                     alpha_log.add(self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch),
                                   self.method.alpha)
                 bar.update()
+                fault_point("train_step")
             seen, sums = self._global_sums(seen, sums)
             self.scheduler.step()
-            self.method.on_epoch_end(self.ctx)
+            with self.precision.eager():
+                self.method.on_epoch_end(self.ctx)
             val_eval = self.evaluate("val")
             val, test = val_eval.metrics, self.evaluate("test").metrics
             self.state.epoch += 1
@@ -307,19 +342,29 @@ class Trainer:
         return int(total[0]), dict(zip(sums, total[1:].tolist()))
 
     def train_step(self, batch: Batch) -> dict[str, float] | None:
-        """One optimiser step; None when a non-finite loss or gradient made it skip (on_nonfinite=skip)."""
+        """One optimiser step; None when a non-finite loss or gradient made it skip (on_nonfinite=skip),
+        or an fp16 gradient overflowed (the loss scale backs off; not counted as a skipped step)."""
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(batch.inputs)
-        self.ctx.out, self.ctx.batch = out, batch  # for hooks of methods composed after the first
-        losses = self.method.losses(out, batch, self.ctx)
+        with self.precision.autocast():  # train.precision: the forward and the losses only
+            out = self.model(batch.inputs)
+            self.ctx.out, self.ctx.batch = out, batch  # for hooks of methods composed after the first
+            losses = self.method.losses(out, batch, self.ctx)
         if not bool(self.dist.all_reduce_sum(torch.isfinite(losses.total.detach()).float()) == self.dist.world):
             return self._nonfinite("loss", batch)
-        self.method.backward(losses, self.ctx)
+        with self.precision.scaled(losses, self.params) as scaled:  # fp16: gradients arrive unscaled
+            self.method.backward(scaled, self.ctx)
         self.dist.reduce_gradients(self.params, batch.share)
         self.method.after_backward(self.ctx)
-        if self.config.train.check_grads and not _finite_grads(self.params):
+        if self.precision.loss_scale is not None:  # fp16: an inf/NaN gradient is the loss scale's business
+            finite = _finite_grads(self.params)
+            self.precision.loss_scale.update(finite)
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.method.on_skipped_step(self.ctx)
+                return None
+        elif self.config.train.check_grads and not _finite_grads(self.params):
             return self._nonfinite("gradient", batch)
-        if self.config.train.diagnostics:
+        if self.config.train.diagnostics and self.state.step % DIAGNOSTICS_EVERY == 0:
             self._record_diagnostics(out, batch)
         self.optimizer.step()
         self.method.after_step(self.ctx)
@@ -333,8 +378,8 @@ class Trainer:
         (strongest over weakest sum_i softmax(z_m,i)[y_i]); averaged per epoch into metrics.jsonl."""
         d = self._diag
         for m, encoder in self.model.encoders.items():
-            grads = [p.grad.detach().float().norm() for p in encoder.parameters() if p.grad is not None]
-            norm = float(torch.stack(grads).norm()) if grads else 0.0
+            grads = [p.grad.detach() for p in encoder.parameters() if p.grad is not None]
+            norm = float(torch.stack(torch._foreach_norm(grads)).norm()) if grads else 0.0
             d.setdefault(f"grad_norm/{m}", []).append(norm)
         scores = [float(z.detach().float().softmax(1).gather(1, batch.y[:, None]).sum()) for z in out.logits.values()]
         if len(scores) > 1:
@@ -357,6 +402,7 @@ class Trainer:
         acc = OutputAccumulator()
         for batch in self.batches(split, train=False):
             out = self.model(batch.inputs)
+            fault_point("evaluate")
             acc.add("y", batch.y)
             acc.add("fused", self.method.predict(out))
             for m in self.data.modalities:
@@ -375,6 +421,7 @@ class Trainer:
     # ---- the end of the run ------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Test at the best epoch, probes and gap; written by the main process, returned by all."""
+        self._alpha_last = self.method.alpha
         best_state = self.run.load("best.pt") if (self.run.checkpoints / "best.pt").exists() else None
         if best_state is not None:
             self.model.load_state_dict(best_state["model"])
@@ -382,7 +429,9 @@ class Trainer:
         train_out = self.evaluate("train").outputs
         test_out = self.evaluate("test").outputs
         summary = self._summary(train_out, test_out) if self.dist.is_main else None
-        return self.dist.broadcast(summary)
+        summary = self.dist.broadcast(summary)
+        self.dist.barrier()  # no process leaves while another still reads from it (gloo aborts on a reset)
+        return summary
 
     def _summary(self, train_out: OutputAccumulator, test_out: OutputAccumulator) -> dict[str, Any]:
         records = self.run.read_metrics()
@@ -404,10 +453,11 @@ class Trainer:
             "dataset": self.data.name, "modalities": list(self.data.modalities),
             "method": self.config.method["name"], "seed": self.config.train.seed,
             "best_epoch": best["epoch"], "test": best["test"], "test_last": last["test"], "val": best["val"],
-            "probe": probe, "gap": gap, "alpha_final": self.method.alpha,
+            "probe": probe, "gap": gap, "alpha_final": self._alpha_last, "alpha_best": self.method.alpha,
             "imbalance_test": imbalance_ratio({m: best["test"][m]["acc"] for m in self.data.modalities}),
             "wall_s": round(self.state.wall_s, 2), "epochs": self.state.epoch,
             "skipped_steps": self.state.skipped_steps,
+            **({"amp_skipped_steps": self.precision.loss_scale.skipped} if self.precision.loss_scale else {}),
             "split_checksum": self.data.split_checksum(), "version": __version__,
         }
         self.run.write_json("summary.json", summary)
@@ -415,8 +465,8 @@ class Trainer:
 
 
 def _finite_grads(params: list[torch.nn.Parameter]) -> bool:
-    grads = [p.grad for p in params if p.grad is not None]
-    return not grads or bool(torch.isfinite(torch.stack([g.detach().abs().sum() for g in grads]).sum()))
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
 
 
 def _finite_model(model: torch.nn.Module) -> bool:

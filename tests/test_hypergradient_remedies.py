@@ -1,0 +1,376 @@
+"""Remedies for the short horizon of lfm-lb (issue 8), each checked against an exact reference.
+
+- ``horizon=K``: the forward-mode hypergradient through K optimiser steps equals the central finite
+  difference of L_val after re-running the same K real optimiser steps at alpha +- e (float64),
+  for SGD (momentum, Nesterov, dampening, plain, maximize), Adam and AdamW, fresh and warmed-up
+  state, both matching losses, 2 and 3 modalities; also through LFMLearned's own hooks in a loop
+  shaped like Trainer.train_step, and across a checkpoint taken in the middle of a window.
+- ``val_objective=fused+modalities``: the same finite-difference check with the new outer loss.
+- ``hyper_momentum`` and ``warmup``: against a hand computation.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modgap.config import ModelConfig
+from modgap.data.base import Batch
+from modgap.errors import ConfigError
+from modgap.methods import StepContext, build_method
+from modgap.methods.lfm import AlphaLearner, evaluation_mode, lfm_objective, validation_loss
+from modgap.methods.matching import MATCHING
+from modgap.models import build_model
+
+SCALE = 2.0
+EPS = 1e-5
+DIMS = [5, 7, 4]
+
+
+def make_problem(num_modalities: int, matching: str, steps: int, seed: int = 0):
+    """A float64 model + matching module, ``steps`` training batches, a validation and a warm-up batch."""
+    torch.manual_seed(seed)
+    dims = DIMS[:num_modalities]
+    names = [f"m{i}" for i in range(num_modalities)]
+    model = build_model({n: (d,) for n, d in zip(names, dims)}, 3,
+                        ModelConfig(encoder="mlp", hidden=(6,), feature_dim=4)).double()
+    match = MATCHING.get(matching)({n: 4 for n in names}, 3, 3, 0.5).double()
+    modules = torch.nn.ModuleList([model, match])
+
+    def batch(n: int, s: int):
+        g = torch.Generator().manual_seed(s)
+        x = {name: torch.randn(n, d, generator=g, dtype=torch.float64) for name, d in zip(names, dims)}
+        return x, torch.randint(0, 3, (n,), generator=g)
+
+    train = [batch(16, 10 + i) for i in range(steps)]
+    return modules, train, batch(12, 2), batch(16, 3)
+
+
+def losses(modules, batch):
+    model, match = modules
+    x, y = batch
+    out = model(x)
+    return F.cross_entropy(out.fused, y), match(out)
+
+
+def outer_loss(modules, batch, objective="fused", weight=1.0):
+    model = modules[0]
+    x, y = batch
+    with evaluation_mode(model):
+        return validation_loss(model(x), y, objective, weight)
+
+
+def make_optimizer(kind: str, params):
+    # Adam's eps is raised so that a fresh Adam's sign-like first step still depends smoothly on alpha
+    return {
+        "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3),
+        "sgd-nesterov": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.8, weight_decay=1e-3, nesterov=True),
+        "sgd-dampening": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.3, weight_decay=1e-3),
+        "sgd-plain": lambda: torch.optim.SGD(params, lr=0.1),
+        "sgd-maximize": lambda: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3, maximize=True),
+        "adam": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3, eps=1e-3),
+        "adam-maximize": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3, eps=1e-3, maximize=True),
+        "adamw": lambda: torch.optim.AdamW(params, lr=0.01, weight_decay=1e-2, eps=1e-3),
+    }[kind]()
+
+
+def warm(modules, optimizer, batch, steps: int) -> None:
+    for _ in range(steps):
+        optimizer.zero_grad()
+        lfm_objective(*losses(modules, batch), 0.4, SCALE).backward()
+        optimizer.step()
+
+
+def fresh(modules, opt_kind, opt_state):
+    """Deep copies (Optimizer.load_state_dict aliases the tensors it is given)."""
+    modules = copy.deepcopy(modules)
+    params = list(modules.parameters())
+    optimizer = make_optimizer(opt_kind, params)
+    optimizer.load_state_dict(copy.deepcopy(opt_state))
+    return modules, params, optimizer
+
+
+def unrolled_val(modules, opt_kind, opt_state, train, val, alpha, objective="fused", weight=1.0, lr_after=None):
+    """L_val after len(train) real optimiser steps at ``alpha`` (the reference)."""
+    modules, params, optimizer = fresh(modules, opt_kind, opt_state)
+    for i, b in enumerate(train):
+        optimizer.zero_grad()
+        lfm_objective(*losses(modules, b), alpha, SCALE).backward()
+        optimizer.step()
+        if lr_after is not None and i == 0:
+            for g in optimizer.param_groups:
+                g["lr"] *= lr_after
+    return float(outer_loss(modules, val, objective, weight))
+
+
+def central_difference(modules, opt_kind, opt_state, train, val, alpha, **kw) -> float:
+    plus = unrolled_val(modules, opt_kind, opt_state, train, val, alpha + EPS, **kw)
+    minus = unrolled_val(modules, opt_kind, opt_state, train, val, alpha - EPS, **kw)
+    return (plus - minus) / (2 * EPS)
+
+
+def analytic(modules, opt_kind, opt_state, train, val, alpha, horizon, objective="fused", weight=1.0,
+             lr_after=None) -> float:
+    """AlphaLearner through the same steps: backward / step / advance, the last one ending in step()."""
+    modules, params, optimizer = fresh(modules, opt_kind, opt_state)
+    learner = AlphaLearner(alpha, lr=0.0, bounds=(0.0, 1.0), horizon=horizon)
+    for i, b in enumerate(train):
+        optimizer.zero_grad()
+        learner.backward(*losses(modules, b), params, SCALE, optimizer)
+        optimizer.step()
+        if i < len(train) - 1:
+            learner.advance(optimizer, params)
+        if lr_after is not None and i == 0:
+            for g in optimizer.param_groups:
+                g["lr"] *= lr_after
+    return float(learner.hypergradient(outer_loss(modules, val, objective, weight), optimizer, params))
+
+
+def setup(num_modalities, matching, opt_kind, warm_steps, steps):
+    modules, train, val, warm_batch = make_problem(num_modalities, matching, steps)
+    optimizer = make_optimizer(opt_kind, list(modules.parameters()))
+    warm(modules, optimizer, warm_batch, warm_steps)
+    return modules, train, val, copy.deepcopy(optimizer.state_dict())
+
+
+def assert_close(exact: float, numeric: float) -> None:
+    assert abs(numeric) > 1e-6, "degenerate case: the check would be vacuous"
+    assert abs(exact - numeric) / abs(numeric) < 1e-4, (exact, numeric)
+
+
+# ------------------------------------------------------------------------ a. horizon = K steps
+@pytest.mark.parametrize("opt_kind", ["sgd", "sgd-nesterov", "sgd-dampening", "sgd-plain", "sgd-maximize",
+                                      "adam", "adam-maximize", "adamw"])
+@pytest.mark.parametrize("horizon", [1, 2, 5])
+@pytest.mark.parametrize("warm_steps", [0, 3])
+def test_k_step_hypergradient_matches_central_difference(opt_kind, horizon, warm_steps):
+    modules, train, val, state = setup(2, "js", opt_kind, warm_steps, horizon)
+    numeric = central_difference(modules, opt_kind, state, train, val, 0.37)
+    assert_close(analytic(modules, opt_kind, state, train, val, 0.37, horizon), numeric)
+
+
+@pytest.mark.parametrize("matching", ["js", "infonce"])
+@pytest.mark.parametrize("num_modalities", [2, 3])
+@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
+def test_k_step_hypergradient_both_matchings_and_three_modalities(matching, num_modalities, opt_kind):
+    modules, train, val, state = setup(num_modalities, matching, opt_kind, 2, 4)
+    numeric = central_difference(modules, opt_kind, state, train, val, 0.6)
+    assert_close(analytic(modules, opt_kind, state, train, val, 0.6, 4), numeric)
+
+
+def test_k_step_hypergradient_follows_a_learning_rate_change_inside_the_window():
+    modules, train, val, state = setup(2, "js", "sgd", 3, 3)
+    numeric = central_difference(modules, "sgd", state, train, val, 0.5, lr_after=0.3)
+    assert_close(analytic(modules, "sgd", state, train, val, 0.5, 3, lr_after=0.3), numeric)
+
+
+def test_k_step_differs_from_one_step_and_reduces_to_it_for_one_step():
+    """Non-vacuous: the unrolled value is not the one-step value; a window of one step is the
+    one-step formula (the tangent code and AlphaLearner's closed form agree)."""
+    modules, train, val, state = setup(2, "js", "sgd", 3, 5)
+    k_step = analytic(modules, "sgd", state, train, val, 0.37, 5)
+    one_step_last = analytic(modules, "sgd", state, train[:1], val, 0.37, 1)
+    window_of_one = analytic(modules, "sgd", state, train[:1], val, 0.37, 5)
+    assert window_of_one == pytest.approx(one_step_last, rel=1e-10)
+    assert abs(k_step - one_step_last) > 1e-3 * abs(k_step)
+
+
+# ------------------------------------------------------- b. validation objective with modalities
+def test_validation_loss_by_hand():
+    torch.manual_seed(0)
+    y = torch.randint(0, 3, (8,))
+    z1, z2 = torch.randn(8, 3), torch.randn(8, 3)
+
+    class Out:
+        logits = {"a": z1, "b": z2}
+        fused = (z1 + z2) / 2
+
+    expected = F.cross_entropy(Out.fused, y) + 0.7 * (F.cross_entropy(z1, y) + F.cross_entropy(z2, y)) / 2
+    assert float(validation_loss(Out, y, "fused+modalities", 0.7)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(validation_loss(Out, y)) == pytest.approx(float(F.cross_entropy(Out.fused, y)), rel=1e-6)
+    with pytest.raises(ConfigError, match="fused\\+modalities"):
+        validation_loss(Out, y, "fused+modality")
+
+
+@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
+@pytest.mark.parametrize("horizon", [1, 3])
+@pytest.mark.parametrize("num_modalities", [2, 3])
+def test_modalities_objective_matches_central_difference(opt_kind, horizon, num_modalities):
+    modules, train, val, state = setup(num_modalities, "js", opt_kind, 3, horizon)
+    kw = {"objective": "fused+modalities", "weight": 0.7}
+    numeric = central_difference(modules, opt_kind, state, train, val, 0.37, **kw)
+    exact = analytic(modules, opt_kind, state, train, val, 0.37, horizon, **kw)
+    assert_close(exact, numeric)
+    fused_only = analytic(modules, opt_kind, state, train, val, 0.37, horizon)
+    assert abs(exact - fused_only) > 1e-3 * abs(exact)  # the modality terms change the signal
+
+
+# ------------------------------------------------------------- c. momentum and warm-up by hand
+def test_hypergradient_momentum_by_hand():
+    learner = AlphaLearner(0.5, lr=0.1, bounds=(0.0, 1.0), momentum=0.5)
+    # a1 = 0.5 * 1 = 0.5, corrected 0.5 / (1 - 0.5) = 1 -> alpha 0.5 - 0.1
+    assert learner.update(1.0) == pytest.approx(0.4)
+    # a2 = 0.25 + 0.5 * 2 = 1.25, corrected 1.25 / 0.75 -> alpha 0.4 - 0.1 * 5/3
+    assert learner.update(2.0) == pytest.approx(0.4 - 0.1 * 5 / 3)
+    assert learner.update(float("nan")) == pytest.approx(0.4 - 0.1 * 5 / 3)  # ignored, average untouched
+    # a3 = 0.625 - 0.5 * 4 = -1.375, corrected -1.375 / 0.875
+    assert learner.update(-4.0) == pytest.approx(0.4 - 0.1 * 5 / 3 + 0.1 * 1.375 / 0.875)
+    assert learner.last_hypergradient == -4.0
+    plain = AlphaLearner(0.5, lr=0.1, bounds=(0.0, 1.0))
+    assert plain.update(1.0) == pytest.approx(0.4) and plain.update(2.0) == pytest.approx(0.2)
+    with pytest.raises(ConfigError):
+        AlphaLearner(momentum=1.0)
+    with pytest.raises(ConfigError):
+        AlphaLearner(horizon=0)
+
+
+# ------------------------------------------- LFMLearned's own hooks, in a loop like the trainer
+def method_problem(options: dict, steps_per_epoch: int = 100, matching: str = "js"):
+    modules, train, val, _ = make_problem(2, matching, 12)
+    model = modules[0]
+    method = build_method({"name": "lfm-lb", "matching": matching, **options}, ("m0", "m1"), 3,
+                          {"m0": 4, "m1": 4}).double()
+    params = [*model.parameters(), *method.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    as_batch = lambda b: Batch(b[0], b[1], torch.arange(len(b[1])))  # noqa: E731
+    ctx = StepContext(model, optimizer, params, epochs=10, steps_per_epoch=steps_per_epoch,
+                      next_val_batch=lambda: as_batch(val))
+    return model, method, optimizer, params, ctx, [as_batch(b) for b in train], as_batch(val)
+
+
+def trainer_step(model, method, optimizer, ctx, batch, step):
+    """What Trainer.train_step does, hook by hook."""
+    ctx.step, ctx.epoch = step, step // ctx.steps_per_epoch
+    optimizer.zero_grad(set_to_none=True)
+    losses_ = method.losses(model(batch.inputs), batch, ctx)
+    method.backward(losses_, ctx)
+    method.after_backward(ctx)
+    optimizer.step()
+    method.after_step(ctx)
+
+
+@pytest.mark.parametrize("objective", ["fused", "fused+modalities"])
+def test_lfm_lb_hooks_give_the_k_step_hypergradient(objective):
+    """every=4, horizon=3: the update after step 8 differentiates through steps 6, 7, 8."""
+    opts = {"horizon": 3, "every": 4, "lr_alpha": 0.0, "alpha0": 0.4, "val_objective": objective,
+            "val_modality_weight": 0.5}
+    model, method, optimizer, params, ctx, train, val = method_problem(opts)
+    for step in range(6):
+        trainer_step(model, method, optimizer, ctx, train[step], step)
+    snapshot = copy.deepcopy((model, method, optimizer.state_dict()))
+    for step in range(6, 9):
+        trainer_step(model, method, optimizer, ctx, train[step], step)
+    exact = method.learner.last_hypergradient
+
+    def rerun(alpha):
+        m, meth, opt_state = copy.deepcopy(snapshot)
+        ps = [*m.parameters(), *meth.parameters()]
+        opt = torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3)
+        opt.load_state_dict(opt_state)
+        for b in train[6:9]:
+            opt.zero_grad()
+            out = m(b.inputs)
+            lfm_objective(F.cross_entropy(out.fused, b.y), meth.matching(out), alpha, SCALE).backward()
+            opt.step()
+        with evaluation_mode(m):
+            return float(validation_loss(m(val.inputs), val.y, objective, 0.5))
+
+    assert_close(exact, (rerun(0.4 + EPS) - rerun(0.4 - EPS)) / (2 * EPS))
+
+
+def test_window_survives_a_checkpoint():
+    """A state_dict taken inside a window resumes it exactly (same hypergradient)."""
+    opts = {"horizon": 4, "every": 4, "lr_alpha": 0.5}
+    model, method, optimizer, params, ctx, train, _ = method_problem(opts)
+    for step in range(3):  # step 0 is an update; steps 1, 2 open the next window
+        trainer_step(model, method, optimizer, ctx, train[step], step)
+    assert method.learner.window_steps == 2
+    saved = copy.deepcopy({"model": model.state_dict(), "method": method.state_dict(),
+                           "optimizer": optimizer.state_dict()})
+    for step in range(3, 9):
+        trainer_step(model, method, optimizer, ctx, train[step], step)
+    reference = (method.learner.alpha, method.learner.last_hypergradient)
+
+    model2, method2, optimizer2, _, ctx2, _, _ = method_problem(opts)
+    model2.load_state_dict(saved["model"])
+    method2.load_state_dict(saved["method"])
+    optimizer2.load_state_dict(saved["optimizer"])
+    assert method2.learner.window_steps == 2
+    for step in range(3, 9):
+        trainer_step(model2, method2, optimizer2, ctx2, train[step], step)
+    assert (method2.learner.alpha, method2.learner.last_hypergradient) == reference
+
+
+def test_warmup_keeps_alpha_fixed_then_learns():
+    """warmup=1 epoch of 3 steps: alpha stays alpha0 and no hypergradient is taken in steps 0-2;
+    from step 3 (epoch 1) updates happen every `every` steps."""
+    opts = {"warmup": 1, "every": 2, "lr_alpha": 5.0, "alpha0": 0.3, "alpha_min": 0.0}
+    model, method, optimizer, params, ctx, train, _ = method_problem(opts, steps_per_epoch=3)
+    seen = []
+    for step in range(8):
+        trainer_step(model, method, optimizer, ctx, train[step], step)
+        seen.append((method.alpha, method.learner.last_hypergradient))
+    assert all(a == 0.3 and h == 0.0 for a, h in seen[:3])
+    # step 3 is not due (3 % 2); step 4 is the first update
+    assert seen[3] == (0.3, 0.0) and seen[4][1] != 0.0
+    assert seen[4][0] == pytest.approx(min(max(0.3 - 5.0 * seen[4][1], 0.0), 1.0))
+    assert seen[6][1] != seen[4][1]
+
+
+def test_momentum_through_the_method():
+    opts = {"every": 1, "lr_alpha": 0.2, "alpha0": 0.5, "alpha_min": 0.0, "hyper_momentum": 0.9}
+    model, method, optimizer, params, ctx, train, _ = method_problem(opts)
+    alpha, avg, hs = 0.5, 0.0, []
+    for step in range(4):
+        trainer_step(model, method, optimizer, ctx, train[step], step)
+        hs.append(method.learner.last_hypergradient)
+        avg = 0.9 * avg + 0.1 * hs[-1]
+        alpha = min(max(alpha - 0.2 * avg / (1 - 0.9 ** (step + 1)), 0.0), 1.0)
+        assert method.alpha == pytest.approx(alpha, rel=1e-12)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"variant": "official", "horizon": 3}, "method.horizon applies to variant=exact"),
+    ({"variant": "official", "warmup": 2}, "method.warmup applies to variant=exact"),
+    ({"val_objective": "modalities"}, "did you mean"),
+    ({"horizon": 0}, "method.horizon must be >= 1"),
+    ({"hyper_momentum": 1.5}, "momentum"),
+])
+def test_bad_remedy_options(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_method({"name": "lfm-lb", **options}, ("a", "b"), 3, {"a": 4, "b": 4})
+
+
+def test_horizon_is_capped_at_every():
+    method = build_method({"name": "lfm-lb", "horizon": 50, "every": 4}, ("a", "b"), 3, {"a": 4, "b": 4})
+    assert method.learner.horizon == 4
+
+
+# ---------------------------------------------------------------- two processes give the same run
+def test_remedies_on_two_processes_match_one(tmp_path):
+    """The window's Hessian term and the hypergradient are reduced like the gradients: torchrun with
+    two processes (gloo) learns the same alpha as one process with the same global batch."""
+    import csv
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    args = ["--method", "lfm-lb", "--epochs", "2", "--quiet", "--set", "model.hidden=[32]", "--set", "model.feature_dim=16",
+            "--set", "train.probe=false", "--set", "train.threads=1", "--set", "data.batch_size=50",
+            "--set", "method.every=3", "--set", "method.horizon=3", "--set", "method.val_objective=fused+modalities",
+            "--set", "method.hyper_momentum=0.5", "--set", "method.alpha0=0.3"]
+    runs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        launcher = ["-m", "modgap", "train"] if procs == 1 else [
+            "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "modgap", "train"]
+        proc = subprocess.run([sys.executable, *launcher, "--out", str(out), *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[procs] = np.array([float(r["alpha"]) for r in csv.DictReader((out / "alpha.csv").open())])
+    a, b = runs[1], runs[2]
+    assert len(a) == len(b) and np.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert a.max() > a.min(), "alpha moved (the check is not vacuous)"
