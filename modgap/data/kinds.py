@@ -170,20 +170,20 @@ def augment_and_normalise(images: torch.Tensor, train: bool, mean: tuple[float, 
     """uint8 (N, K, H, W, C) -> float (N, K, C, H, W). Training: one RandomResizedCrop and (unless
     ``flip`` is off) one horizontal flip per sample, shared by its K frames. Evaluation: the stored
     (resized) frames."""
-    x = images.permute(0, 1, 4, 2, 3).float().div_(255.0)
-    n, k, c, h, w = x.shape
-    if train:
-        out = torch.empty_like(x)
+    n, k, h, w, c = images.shape
+    x = images.permute(0, 1, 4, 2, 3)  # uint8 (N, K, C, H, W), channels-last in memory
+    if train:  # crop and resize in uint8 (about 2x faster than in float; within one grey level)
+        out = torch.empty((n, k, c, h, w), dtype=torch.uint8)
         for i, (top, left, bh, bw) in enumerate(random_resized_crop_boxes(n, h, w)):
-            crop = x[i, :, :, top:top + bh, left:left + bw]
+            crop = x[i, :, :, top:top + bh, left:left + bw].contiguous(memory_format=torch.channels_last)
             out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         if flip:
             flipped = torch.rand(n) < 0.5
             out[flipped] = out[flipped].flip(-1)
         x = out
-    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 1, c, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype).view(1, 1, c, 1, 1)
-    return (x - mean_t) / std_t
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 1, c, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, 1, c, 1, 1)
+    return x.float() * scale - shift  # (x / 255 - mean) / std in one pass
 
 
 def norm_for(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
