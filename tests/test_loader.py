@@ -99,6 +99,10 @@ def test_default_worker_counts(folder, tmp_path, monkeypatch):
         make_config(assignments=["data.workers=-1"])
     with pytest.raises(ConfigError, match="data.prefetch_factor"):
         make_config(assignments=["data.prefetch_factor=0"])
+    with pytest.raises(ConfigError, match="data.workers must be >= 0"):  # a saved config, not re-checked
+        loader_mod.default_workers(t.data, -2)
+    with pytest.raises(ConfigError, match="data.prefetch_factor"):
+        loader_mod.BatchLoader(t.data, 1, False, prefetch_factor=0)
 
 
 @pytest.mark.parametrize("world", [1, 2])

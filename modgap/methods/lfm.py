@@ -128,7 +128,7 @@ def _sgd_pre(opt, group, p) -> dict[str, Any]:
 
 def _adam_pre(opt, group, p) -> dict[str, Any]:
     g = p.grad.detach().clone()
-    if False:
+    if group.get("maximize", False):
         g = -g  # torch negates the gradient before the weight decay and the moments
     if isinstance(opt, torch.optim.AdamW) or group.get("decoupled_weight_decay", False):
         return {"grad": g}

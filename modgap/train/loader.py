@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.base import Batch, MultimodalDataset
+from ..errors import ConfigError
 
 Item = tuple[np.ndarray, bool, float, tuple[int, ...] | None]
 """rows, train, share, seed key (None: no reseeding, for evaluation batches)."""
@@ -43,6 +44,8 @@ def default_workers(data: MultimodalDataset, requested: int | None) -> int:
     work: frame choice, crops, flips, normalisation), 0 for in-memory datasets. Under torchrun the
     cores are divided among the processes of a node."""
     if requested is not None:
+        if requested < 0:  # a saved config on resume is not range-checked by make_config
+            raise ConfigError(f"data.workers must be >= 0 (or null: automatic), got {requested}")
         return requested
     from ..data.prepared import PreparedDataset
 
@@ -107,6 +110,8 @@ class BatchLoader:
 
     def __init__(self, data: MultimodalDataset, workers: int, pin_memory: bool, prefetch_factor: int = 2,
                  persistent_workers: bool = True, seed: int = 0, layout: Layout | None = None) -> None:
+        if prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
         self.data, self.workers, self.pin_memory, self.layout = data, workers, pin_memory, layout
         self.prefetch_factor, self.persistent_workers, self.seed = prefetch_factor, persistent_workers, seed
         self._loaders: dict[bool, tuple[DataLoader, _Plan]] = {}
