@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import Config, build
+from ..config import Config, build, check
 from ..data import MultimodalDataset, load_dataset
 from ..data.base import Batch
 from ..errors import ModgapError, RunFolderError
@@ -495,4 +495,6 @@ def load_run_config(run_dir: str | Path) -> Config:
     saved = RunFolder(run_dir).read_yaml("config.yaml")
     for key in ("version", "split_checksum"):
         saved.pop(key, None)
-    return build(Config, saved)
+    config = build(Config, saved)
+    check(config)  # a hand-edited saved config gets the same range checks as a new one
+    return config
