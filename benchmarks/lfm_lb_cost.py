@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import step_time  # noqa: E402  (fixed_batches, run_steps, CLOCKS)
+import step_time
 
-import modgap  # noqa: E402
-from modgap.bench import parse_method  # noqa: E402
-from modgap.train.trainer import Trainer  # noqa: E402
+import modgap
+from modgap.bench import parse_method
+from modgap.train.trainer import Trainer
 
 VARIANTS = ("joint,lfm-h[schedule=constant,w0=0.5],lfm-lb,lfm-lb[horizon=2],lfm-lb[horizon=5],lfm-lb[horizon=10],"
             "lfm-lb[val_objective=fused+modalities],lfm-lb[hyper_momentum=0.9],"

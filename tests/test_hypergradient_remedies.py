@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,12 @@ from modgap.config import ModelConfig
 from modgap.data.base import Batch
 from modgap.errors import ConfigError
 from modgap.methods import StepContext, build_method
-from modgap.methods.lfm import AlphaLearner, evaluation_mode, lfm_objective, validation_loss
+from modgap.methods.lfm import (
+    AlphaLearner,
+    evaluation_mode,
+    lfm_objective,
+    validation_loss,
+)
 from modgap.methods.matching import MATCHING
 from modgap.models import build_model
 
@@ -95,7 +101,7 @@ def fresh(modules, opt_kind, opt_state):
 
 def unrolled_val(modules, opt_kind, opt_state, train, val, alpha, objective="fused", weight=1.0, lr_after=None):
     """L_val after len(train) real optimiser steps at ``alpha`` (the reference)."""
-    modules, params, optimizer = fresh(modules, opt_kind, opt_state)
+    modules, _, optimizer = fresh(modules, opt_kind, opt_state)
     for i, b in enumerate(train):
         optimizer.zero_grad()
         lfm_objective(*losses(modules, b), alpha, SCALE).backward()
@@ -184,9 +190,7 @@ def test_validation_loss_by_hand():
     y = torch.randint(0, 3, (8,))
     z1, z2 = torch.randn(8, 3), torch.randn(8, 3)
 
-    class Out:
-        logits = {"a": z1, "b": z2}
-        fused = (z1 + z2) / 2
+    Out = SimpleNamespace(logits={"a": z1, "b": z2}, fused=(z1 + z2) / 2)
 
     expected = F.cross_entropy(Out.fused, y) + 0.7 * (F.cross_entropy(z1, y) + F.cross_entropy(z2, y)) / 2
     assert float(validation_loss(Out, y, "fused+modalities", 0.7)) == pytest.approx(float(expected), rel=1e-6)
@@ -235,7 +239,7 @@ def method_problem(options: dict, steps_per_epoch: int = 100, matching: str = "j
                           {"m0": 4, "m1": 4}).double()
     params = [*model.parameters(), *method.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
-    as_batch = lambda b: Batch(b[0], b[1], torch.arange(len(b[1])))  # noqa: E731
+    as_batch = lambda b: Batch(b[0], b[1], torch.arange(len(b[1])))
     ctx = StepContext(model, optimizer, params, epochs=10, steps_per_epoch=steps_per_epoch,
                       next_val_batch=lambda: as_batch(val))
     return model, method, optimizer, params, ctx, [as_batch(b) for b in train], as_batch(val)
@@ -257,7 +261,7 @@ def test_lfm_lb_hooks_give_the_k_step_hypergradient(objective):
     """every=4, horizon=3: the update after step 8 differentiates through steps 6, 7, 8."""
     opts = {"horizon": 3, "every": 4, "lr_alpha": 0.0, "alpha0": 0.4, "val_objective": objective,
             "val_modality_weight": 0.5}
-    model, method, optimizer, params, ctx, train, val = method_problem(opts)
+    model, method, optimizer, _, ctx, train, val = method_problem(opts)
     for step in range(6):
         trainer_step(model, method, optimizer, ctx, train[step], step)
     snapshot = copy.deepcopy((model, method, optimizer.state_dict()))
@@ -284,7 +288,7 @@ def test_lfm_lb_hooks_give_the_k_step_hypergradient(objective):
 def test_window_survives_a_checkpoint():
     """A state_dict taken inside a window resumes it exactly (same hypergradient)."""
     opts = {"horizon": 4, "every": 4, "lr_alpha": 0.5}
-    model, method, optimizer, params, ctx, train, _ = method_problem(opts)
+    model, method, optimizer, _, ctx, train, _ = method_problem(opts)
     for step in range(3):  # step 0 is an update; steps 1, 2 open the next window
         trainer_step(model, method, optimizer, ctx, train[step], step)
     assert method.learner.window_steps == 2
@@ -308,7 +312,7 @@ def test_warmup_keeps_alpha_fixed_then_learns():
     """warmup=1 epoch of 3 steps: alpha stays alpha0 and no hypergradient is taken in steps 0-2;
     from step 3 (epoch 1) updates happen every `every` steps."""
     opts = {"warmup": 1, "every": 2, "lr_alpha": 5.0, "alpha0": 0.3, "alpha_min": 0.0}
-    model, method, optimizer, params, ctx, train, _ = method_problem(opts, steps_per_epoch=3)
+    model, method, optimizer, _, ctx, train, _ = method_problem(opts, steps_per_epoch=3)
     seen = []
     for step in range(8):
         trainer_step(model, method, optimizer, ctx, train[step], step)
@@ -322,7 +326,7 @@ def test_warmup_keeps_alpha_fixed_then_learns():
 
 def test_momentum_through_the_method():
     opts = {"every": 1, "lr_alpha": 0.2, "alpha0": 0.5, "alpha_min": 0.0, "hyper_momentum": 0.9}
-    model, method, optimizer, params, ctx, train, _ = method_problem(opts)
+    model, method, optimizer, _, ctx, train, _ = method_problem(opts)
     alpha, avg, hs = 0.5, 0.0, []
     for step in range(4):
         trainer_step(model, method, optimizer, ctx, train[step], step)
@@ -368,7 +372,8 @@ def test_remedies_on_two_processes_match_one(tmp_path):
         out = tmp_path / f"p{procs}"
         launcher = ["-m", "modgap", "train"] if procs == 1 else [
             "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "modgap", "train"]
-        proc = subprocess.run([sys.executable, *launcher, "--out", str(out), *args], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, *launcher, "--out", str(out), *args], capture_output=True, text=True,
+                              check=False)
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[procs] = np.array([float(r["alpha"]) for r in csv.DictReader((out / "alpha.csv").open())])
     a, b = runs[1], runs[2]

@@ -513,7 +513,8 @@ class LFMLearned(LFMBase):
     class Options(LFMBase.Options):
         variant: str = "exact"
         """exact: unrolled hypergradient (one step, or `horizon` steps); official: the released code's update."""
-        alpha0: float = 0.05
+        alpha0: float = 0.5
+        """Starting alpha. 0.5 (issue 8, docs/results.md); the released code starts at 0.05 (matching weight 0.95)."""
         alpha_min: float = 0.05
         alpha_max: float = 1.0
         lr_alpha: float = 1.0
