@@ -24,20 +24,25 @@ from modgap.models import build_model
 SCALE = 2.0
 
 
-def make_problem(num_modalities: int, matching: str, seed: int = 0):
+def toy(num_modalities: int, matching: str, seed: int = 0, dims=(5, 7, 4)):
+    """A float64 model + matching module, and batch(n, seed) of float64 inputs with 3 classes."""
     torch.manual_seed(seed)
-    dims = [5, 7, 4][:num_modalities]
+    dims = list(dims)[:num_modalities]
     names = [f"m{i}" for i in range(num_modalities)]
     model = build_model({n: (d,) for n, d in zip(names, dims)}, 3,
                         ModelConfig(encoder="mlp", hidden=(6,), feature_dim=4)).double()
     match = MATCHING.get(matching)({n: 4 for n in names}, 3, 3, 0.5).double()
-    modules = torch.nn.ModuleList([model, match])
 
     def batch(n: int, s: int):
         g = torch.Generator().manual_seed(s)
         x = {name: torch.randn(n, d, generator=g, dtype=torch.float64) for name, d in zip(names, dims)}
         return x, torch.randint(0, 3, (n,), generator=g)
 
+    return torch.nn.ModuleList([model, match]), batch
+
+
+def make_problem(num_modalities: int, matching: str, seed: int = 0):
+    modules, batch = toy(num_modalities, matching, seed)
     return modules, batch(16, 1), batch(12, 2), batch(16, 3)
 
 

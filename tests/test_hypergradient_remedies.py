@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modgap.config import ModelConfig
+from test_hypergradient import toy
 from modgap.data.base import Batch
 from modgap.errors import ConfigError
 from modgap.methods import StepContext, build_method
@@ -28,8 +28,6 @@ from modgap.methods.lfm import (
     lfm_objective,
     validation_loss,
 )
-from modgap.methods.matching import MATCHING
-from modgap.models import build_model
 
 SCALE = 2.0
 EPS = 1e-5
@@ -38,19 +36,7 @@ DIMS = [5, 7, 4]
 
 def make_problem(num_modalities: int, matching: str, steps: int, seed: int = 0):
     """A float64 model + matching module, ``steps`` training batches, a validation and a warm-up batch."""
-    torch.manual_seed(seed)
-    dims = DIMS[:num_modalities]
-    names = [f"m{i}" for i in range(num_modalities)]
-    model = build_model({n: (d,) for n, d in zip(names, dims)}, 3,
-                        ModelConfig(encoder="mlp", hidden=(6,), feature_dim=4)).double()
-    match = MATCHING.get(matching)({n: 4 for n in names}, 3, 3, 0.5).double()
-    modules = torch.nn.ModuleList([model, match])
-
-    def batch(n: int, s: int):
-        g = torch.Generator().manual_seed(s)
-        x = {name: torch.randn(n, d, generator=g, dtype=torch.float64) for name, d in zip(names, dims)}
-        return x, torch.randint(0, 3, (n,), generator=g)
-
+    modules, batch = toy(num_modalities, matching, seed, DIMS)
     train = [batch(16, 10 + i) for i in range(steps)]
     return modules, train, batch(12, 2), batch(16, 3)
 
