@@ -7,13 +7,16 @@ in-process and with DataLoader workers:
 (a) decode per step, the public OGM-GE/LFM way: per sample, read_wav + the ``ogmge_stft`` preset
     (resample to 22050 Hz, tile to 3 s, STFT 512/353, log magnitude), one of the 3 frames chosen at
     random (segment choice), PIL decode and resize to 224x224, then modgap's own online augmentation
-    (RandomResizedCrop box, flip, ImageNet normalisation); a torch Dataset per sample with the
-    default collate.
+    (RandomResizedCrop box, flip) and ImageNet normalisation in the worker; a torch Dataset per
+    sample with the default collate.
 (b) the prepared cache: ``modgap prepare cremad`` once (its time is printed), then
     ``PreparedDataset.batch(rows, train=True)`` on shuffled global batches; with workers, through
-    modgap's own BatchLoader (train/loader.py), as the trainer uses it.
+    modgap's own BatchLoader (train/loader.py), as the trainer uses it. Frames leave the loader as
+    uint8 and are normalised where they land (``Batch.to``); the timing includes that step on the
+    CPU, as CPU training pays it (on a GPU it runs on the device).
 
-Both produce the same tensors per batch: audio (B, 257, 188) float32, frames (B, 1, 3, 224, 224).
+Both give the model the same tensors per batch: audio (B, 257, 188) float32, frames (B, 1, 3, 224, 224)
+float32.
 Throughput is samples/s over --passes full passes after one warm-up batch; prints a table and the
 speedups (goal >= 5x, aim 20x), then where the time of one sample goes (decoding, which only (a) pays,
 against the online augmentation both pay). Asserts nothing.
@@ -36,7 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from modgap.config import DataConfig
 from modgap.data.audio import get_audio_preset, read_wav
-from modgap.data.kinds import augment_and_normalise, load_image, norm_for, segment_indices
+from modgap.data.base import pixels_to_model
+from modgap.data.kinds import augment, load_image, segment_indices
 from modgap.data.prepared import PreparedDataset
 from modgap.train.loader import BatchLoader
 
@@ -61,7 +65,7 @@ class DecodeEveryStep(Dataset):
         files = sorted((self.raw / "Image-01-FPS" / clip).iterdir())
         idx = segment_indices(np.array([len(files)]), self.frames, train=True)[0]
         images = np.stack([load_image(files[k], self.size) for k in idx])[None]  # (1, T, H, W, C)
-        visual = augment_and_normalise(torch.from_numpy(images), True, *norm_for(3))[0]
+        visual = pixels_to_model(augment(torch.from_numpy(images), True)[0])
         return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), visual
 
 
@@ -78,15 +82,19 @@ def breakdown(raw: Path, ids: list[str], data: PreparedDataset, n: int = 64) -> 
     t1 = clock()
     images = np.stack([load_image(sorted((raw / "Image-01-FPS" / clip).iterdir())[0], 224) for clip in ids])
     t2 = clock()
-    augment_and_normalise(torch.from_numpy(images)[:, None], True, *norm_for(3))
+    cropped = augment(torch.from_numpy(images)[:, None], True)
     t3 = clock()
+    pixels_to_model(cropped)
+    t3b = clock()
     audio = np.asarray(data.arrays["audio"][np.sort(rows)])
     frames = np.asarray(data.arrays["visual"][np.sort(rows)])
     t4 = clock()
     torch.from_numpy(audio.astype(np.float32))
     t5 = clock()
     return {"decode audio: read_wav + ogmge_stft (a only)": (t1 - t0), "decode frame: PIL + resize 224 (a only)": (t2 - t1),
-            "augment frame: crop, flip, normalise (a and b)": (t3 - t2), "read cached rows from the memory map (b only)": (t4 - t3),
+            "augment frame: crop, flip (a and b)": (t3 - t2),
+            "normalise frame (a: in the worker; b: on the device)": (t3b - t3),
+            "read cached rows from the memory map (b only)": (t4 - t3b),
             "cached audio float16 -> float32 (b only)": (t5 - t4), "_n": n}
 
 
@@ -127,8 +135,8 @@ def prepared_loader(folder: Path, batch: int, workers: int):
     def make_iter(p: int):
         batches = [rows[b] for b in plan(len(rows), batch, p)]
         if loader is None:
-            return (data.batch(b, train=True) for b in batches)
-        return loader.load([(b, True, 1.0, (0, p, k, 0)) for k, b in enumerate(batches)])
+            return (data.batch(b, train=True).to("cpu") for b in batches)
+        return (b.to("cpu") for b in loader.load([(b, True, 1.0, (0, p, k, 0)) for k, b in enumerate(batches)]))
     return make_iter, len(rows), loader
 
 
@@ -173,7 +181,7 @@ def main() -> None:
         n = parts.pop("_n")
         print(f"\nwhere the time goes, in-process, ms per sample (first {n} train clips):")
         for k, v in parts.items():
-            print(f"  {k:50s} {1000 * v / n:7.2f}")
+            print(f"  {k:56s} {1000 * v / n:7.2f}")
         base = results[("decode", workers[0])]
         best = max(results[("prepared", w)] for w in workers)
         print(f"\nspeedup of the best prepared loader over decoding in-process (workers={workers[0]}): "

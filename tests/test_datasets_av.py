@@ -28,7 +28,7 @@ cv2 = pytest.importorskip("cv2")
 from modgap.cli import main  # noqa: E402
 from modgap.config import DataConfig, make_config  # noqa: E402
 from modgap.data import load_dataset  # noqa: E402
-from modgap.data.kinds import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from modgap.data.base import IMAGENET_MEAN, IMAGENET_STD, pixels_to_model  # noqa: E402
 from modgap.data.prepare import bundled_split, prepare  # noqa: E402
 from modgap.errors import DataError  # noqa: E402
 
@@ -99,7 +99,10 @@ def manifest_of(out: Path) -> dict:
 
 
 def unnormalise_grey(x: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) normalised frames -> the mean grey level of each frame (0-255)."""
+    """(..., 3, H, W) frames as the loader gives them (uint8) -> the mean grey level of each frame
+    (0-255), through the normalisation the model's device applies and back."""
+    x = pixels_to_model(x)
+    assert x.dtype == torch.float32
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((x * std + mean) * 255).mean(dim=(-3, -2, -1))

@@ -2,6 +2,12 @@
 
 Data flows one way: dataset -> Batch({modality: tensor}, labels, row indices) -> model. A dataset
 knows nothing of methods or models.
+
+Pixels travel as uint8 (N, [T,] C, H, W) from the loader to the device, four times fewer bytes than
+float32 through workers, pinned memory and the host-to-device copy; ``Batch.to`` turns them into
+normalised floats there (``pixels_to_model``): ImageNet mean and std for 3 channels, 0.5 and 0.5 for
+any other count (depth, optical flow). Every other input (spectrograms, features, token ids) is
+moved as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +24,29 @@ import torch
 from ..errors import ConfigError, DataError, closest
 
 SPLITS = ("train", "val", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def norm_for(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0-1 intensity units) that uint8 pixels with ``channels`` channels get."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.5,) * channels, (0.5,) * channels
+
+
+def pixels_to_model(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., C, H, W) -> float32 ``(x / 255 - mean) / std`` per channel, in one float copy
+    (in-place multiply-subtract: a third of the time of the out-of-place expression on a CPU). Any
+    other dtype is returned as it is."""
+    if x.dtype != torch.uint8:
+        return x
+    c = x.shape[-3]
+    mean, std = norm_for(c)
+    shape = (c, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(shape)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=x.device).view(shape)
+    return x.float().mul_(scale).sub_(shift)
 
 
 @dataclass
@@ -30,7 +59,8 @@ class Batch:
     """This process's share of the global batch (1 on one process; see train/distributed.py)."""
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch({m: x.to(device, non_blocking=True) for m, x in self.inputs.items()},
+        """On ``device``, as the model takes it: uint8 pixels normalised there (see the module's doc)."""
+        return Batch({m: pixels_to_model(x.to(device, non_blocking=True)) for m, x in self.inputs.items()},
                      self.y.to(device, non_blocking=True), self.index, self.share)
 
     def __len__(self) -> int:

@@ -2,7 +2,8 @@
 
 A kind has two halves. ``process`` runs once, in ``modgap prepare``: raw file -> fixed-shape array
 (the deterministic part: decoding, resampling, spectrogram, resizing, tokenising). ``online`` runs
-per batch at training time: frame choice, random crops and flips, normalisation. Every random
+per batch at training time: frame choice, random crops and flips. Pixels leave ``online`` as uint8
+and are normalised on the device (``Batch.to``, data/base.py). Every random
 draw comes from torch's global generator, which the trainer seeds and checkpoints, so a resumed
 run sees the same augmentation.
 
@@ -28,9 +29,6 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .audio import get_audio_preset, read_wav
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 KINDS: Registry[type["ModalityKind"]] = Registry("modality kind")
@@ -165,31 +163,25 @@ def random_resized_crop_boxes(n: int, height: int, width: int) -> list[tuple[int
     return boxes
 
 
-def augment_and_normalise(images: torch.Tensor, train: bool, mean: tuple[float, ...],
-                          std: tuple[float, ...], flip: bool = True) -> torch.Tensor:
-    """uint8 (N, K, H, W, C) -> float (N, K, C, H, W). Training: one RandomResizedCrop and (unless
-    ``flip`` is off) one horizontal flip per sample, shared by its K frames. Evaluation: the stored
-    (resized) frames."""
+def augment(images: torch.Tensor, train: bool, flip: bool = True) -> torch.Tensor:
+    """uint8 (N, K, H, W, C) -> uint8 (N, K, C, H, W). Training: one RandomResizedCrop and (unless
+    ``flip`` is off) one horizontal flip per sample, shared by its K frames; crop, flip and resize all
+    in uint8 (about 2x faster than in float; within one grey level). Evaluation: the stored (resized)
+    frames. Normalisation happens on the device (``Batch.to``)."""
     n, k, h, w, c = images.shape
     x = images.permute(0, 1, 4, 2, 3)  # uint8 (N, K, C, H, W), channels-last in memory
-    if train:  # crop and resize in uint8 (about 2x faster than in float; within one grey level)
-        out = torch.empty((n, k, c, h, w), dtype=torch.uint8)
-        for i, (top, left, bh, bw) in enumerate(random_resized_crop_boxes(n, h, w)):
-            crop = x[i, :, :, top:top + bh, left:left + bw].contiguous(memory_format=torch.channels_last)
-            out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        if flip:
-            flipped = torch.rand(n) < 0.5
-            out[flipped] = out[flipped].flip(-1)
-        x = out
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 1, c, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, 1, c, 1, 1)
-    return x.float() * scale - shift  # (x / 255 - mean) / std in one pass
-
-
-def norm_for(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return (0.5,) * channels, (0.5,) * channels
+    if not train:
+        return x.contiguous()
+    out = torch.empty((n, k, c, h, w), dtype=torch.uint8)
+    boxes = random_resized_crop_boxes(n, h, w)
+    flipped = (torch.rand(n) < 0.5).tolist() if flip else [False] * n
+    for i, (top, left, bh, bw) in enumerate(boxes):
+        crop = x[i, :, :, top:top + bh, left:left + bw]
+        if flipped[i]:  # flip the (smaller) crop: resizing commutes with a horizontal flip
+            crop = crop.flip(-1)
+        crop = crop.contiguous(memory_format=torch.channels_last)
+        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return out
 
 
 @KINDS.register("image")
@@ -211,7 +203,7 @@ class ImageKind(ModalityKind):
 
     def online(self, cached, counts, train):
         x = torch.from_numpy(np.ascontiguousarray(cached))[:, None]
-        return augment_and_normalise(x, train, *norm_for(3))[:, 0]
+        return augment(x, train)[:, 0]
 
     def input_shape(self) -> tuple[int, ...]:
         return (3, self.size, self.size)
@@ -335,8 +327,7 @@ class FramesKind(ModalityKind):
         t = frames or self.frames
         idx = segment_indices(counts, t, train)
         chosen = np.stack([cached[i][idx[i]] for i in range(len(idx))])
-        return augment_and_normalise(torch.from_numpy(chosen), train, *norm_for(self.channels),
-                                     flip=self.params.get("flip", True))
+        return augment(torch.from_numpy(chosen), train, flip=self.params.get("flip", True))
 
     def input_shape(self, frames: int | None = None) -> tuple[int, ...]:
         return (frames or self.frames, self.channels, self.size, self.size)

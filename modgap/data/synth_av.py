@@ -39,7 +39,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, closest
 from .audio import get_audio_preset
 from .base import Batch, MultimodalDataset, check_labels, select_modalities
-from .kinds import IMAGENET_MEAN, IMAGENET_STD, segment_indices
+from .kinds import segment_indices
 from .registry import DATASETS
 from .splits import make_splits
 
@@ -260,9 +260,6 @@ class SynthAV(MultimodalDataset):
         self._audio = generate_audio(_audio_key(opts)) if "audio" in modalities else None
         self._visual = generate_visual(_visual_key(opts)) if "visual" in modalities else None
         self._y = torch.from_numpy(self.labels)
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float64).reshape(1, 1, 3, 1, 1)
-        self._scale = (1.0 / (255.0 * std)).float()
-        self._shift = (torch.tensor(IMAGENET_MEAN, dtype=torch.float64).reshape(1, 1, 3, 1, 1) / std).float()
 
     def input_shape(self, modality: str) -> tuple[int, ...]:
         if modality == "audio":
@@ -274,12 +271,12 @@ class SynthAV(MultimodalDataset):
         return {"audio": "resnet18_audio", "visual": "resnet18_frames"}[modality]
 
     def frames(self, rows: np.ndarray, train: bool) -> torch.Tensor:
-        """float (N, T, 3, S, S), ImageNet-normalised; train: random frame per segment and random h-flip."""
+        """uint8 (N, T, 3, S, S) (ImageNet-normalised on the device, ``Batch.to``); train: random frame per
+        segment and random h-flip."""
         o = self.options
         idx = segment_frames(o.frames, o.clip_frames, train, len(rows))
         clips = self._visual[np.asarray(rows)[:, None], idx]  # (N, T, S, S, 3) uint8
-        x = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous().float()  # one float copy
-        x = x.mul_(self._scale).sub_(self._shift)  # (x / 255 - mean) / std
+        x = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous()
         if train:
             flip = torch.rand(len(rows)) < 0.5
             if flip.any():

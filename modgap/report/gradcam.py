@@ -24,13 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.base import IMAGENET_MEAN as _IMAGENET_MEAN
+from ..data.base import IMAGENET_STD as _IMAGENET_STD
 from ..errors import ConfigError, closest
 from ..models.classifier import ModelOutput
 from ..models.resnet import ResNet, ResNet18Audio, ResNet18Frames
 from .plots import new_figure, save_figure
 
-IMAGENET_MEAN = np.array((0.485, 0.456, 0.406))
-IMAGENET_STD = np.array((0.229, 0.224, 0.225))
+IMAGENET_MEAN = np.array(_IMAGENET_MEAN)
+IMAGENET_STD = np.array(_IMAGENET_STD)
 
 
 def resnet_modalities(model) -> list[str]:
