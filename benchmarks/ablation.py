@@ -46,19 +46,17 @@ LEARNED = [OLD, "lfm-lb[variant=official]",
            "lfm-lb[horizon=5,val_objective=fused+modalities,alpha0=0.5]"]
 METHODS = ["joint", "unimodal", *CONSTANTS, *SCHEDULES, *LEARNED]
 SYNTH_METHODS = ["joint", *CONSTANTS, OLD, "lfm-lb[alpha0=0.5]", "lfm-lb[val_objective=fused+modalities,alpha0=0.5]"]
-# the second mfeat pass (seeds 5-9) repeats what the choice and its check rest on
-MFEAT_MORE = ["joint", *CONSTANTS, "lfm-h[schedule=linear]", "lfm-h[schedule=cosine]", OLD, "lfm-lb[alpha0=0.5]",
-              "lfm-lb[val_objective=fused+modalities,alpha0=0.5]",
-              "lfm-lb[horizon=5,val_objective=fused+modalities,alpha0=0.5]"]
+# synth-av at a size a CPU trains in a minute, with both modalities learnable alone (unimodal, seed 0:
+# audio 0.94, visual 0.53 test accuracy) and audio the stronger one
+SYNTH_SETS = ["--epochs", "20", "--set", "data.options.n=100", "--set", "data.options.size=32",
+              "--set", "data.options.frames=2", "--set", "data.options.visual_noise=0.1",
+              "--set", "data.options.audio_snr_db=-15", "--set", "model.width=4", "--set", "data.batch_size=32",
+              "--set", "data.eval_batch_size=128"]
 GRIDS = {
     # data, methods, seeds, extra arguments
-    "mfeat": ("mfeat:pix+fou,mfeat:fac+mor", METHODS, "0,1,2,3,4", []),
-    "mfeat-more": ("mfeat:pix+fou,mfeat:fac+mor", MFEAT_MORE, "5,6,7,8,9", []),
+    "mfeat": ("mfeat:pix+fou,mfeat:fac+mor", METHODS, "0,1,2,3,4,5,6,7,8,9", []),
     # synth-av options go through --set: `modgap bench --data` splits its list on commas
-    "synth-av": ("synth-av", SYNTH_METHODS, "0,1,2",
-                 ["--epochs", "20", "--set", "data.options.n=100", "--set", "data.options.size=32",
-                  "--set", "data.options.frames=2", "--set", "model.width=4", "--set", "data.batch_size=32",
-                  "--set", "data.eval_batch_size=128"]),
+    "synth-av": ("synth-av", SYNTH_METHODS, "0,1,2", SYNTH_SETS),
 }
 SETS = ["--set", "train.threads=1"]
 
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="the bench folder")
     p.add_argument("--run", action="store_true", help="run the grid (modgap bench) into the folder first")
-    p.add_argument("--grids", default="mfeat,mfeat-more,synth-av", help="with --run: which grids (default %(default)s)")
+    p.add_argument("--grids", default="mfeat,synth-av", help="with --run: which grids (default %(default)s)")
     p.add_argument("--seeds", default=None, help="with --run: seeds for every grid (default: each grid's own)")
     p.add_argument("--epochs", type=int, default=None, help="with --run: epochs (default: the config's 30)")
     p.add_argument("--jobs", type=int, default=2)

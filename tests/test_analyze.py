@@ -206,7 +206,7 @@ def test_mean_replacement_uses_the_train_mean_of_each_modality(synth_run):
     trainer = load_trained(synth_run, "last", threads=1)
     means = train_means(trainer.batches("train", train=False), trainer.data.modalities)
     rows = trainer.data.splits["train"]
-    full = trainer.data.batch(rows, train=False)
+    full = trainer.data.batch(rows, train=False).to("cpu")  # as the model sees it (frames normalised)
     for m in trainer.data.modalities:
         torch.testing.assert_close(means[m], full.inputs[m].double().mean(0).float())
     result = modality_shapley(trainer, "test", "mean")

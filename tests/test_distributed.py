@@ -89,3 +89,36 @@ def test_single_process_evaluation_counts_each_sample_once(tmp_path):
         assert len(y) == len(trainer.data.splits[split])
         assert np.array_equal(y, trainer.data.labels[trainer.data.splits[split]])
     assert torch.get_num_threads() >= 1
+
+
+def _average_buffers_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm1d(3)
+    for step in range(4):  # each process sees its own shard of every global batch
+        bn(torch.randn(8, 3, generator=torch.Generator().manual_seed(10 * step + rank)) * (rank + 1))
+    Distributed(rank, world).average_buffers(bn)
+    torch.save({k: v.clone() for k, v in bn.state_dict().items()}, f"{out}/{rank}.pt")
+    tdist.destroy_process_group()
+
+
+def test_batchnorm_statistics_are_averaged_over_processes(tmp_path):
+    """After average_buffers every process holds the same running statistics, equal to an exponential
+    average of the per-step mean of the shards' batch statistics (one process sees them all)."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path}/rendezvous"
+    mp.spawn(_average_buffers_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"{r}.pt") for r in range(2))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    mean, var = torch.zeros(3), torch.ones(3)
+    for step in range(4):
+        shards = [torch.randn(8, 3, generator=torch.Generator().manual_seed(10 * step + r)) * (r + 1) for r in range(2)]
+        mean = 0.9 * mean + 0.1 * torch.stack([x.mean(0) for x in shards]).mean(0)
+        var = 0.9 * var + 0.1 * torch.stack([x.var(0) for x in shards]).mean(0)
+    torch.testing.assert_close(a["running_mean"], mean)
+    torch.testing.assert_close(a["running_var"], var)
+    assert not torch.allclose(a["running_var"], torch.ones(3))

@@ -128,6 +128,34 @@ def test_hypergradient_matches_central_difference(opt_kind, matching, num_modali
     assert abs(exact - numeric) / abs(numeric) < 1e-4, (exact, numeric)
 
 
+@pytest.mark.parametrize("opt_kind", ["sgd", "sgd-nesterov", "adam", "adamw"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fast_dot_equals_the_formed_direction(opt_kind, dtype):
+    """hypergradient() takes <g, d theta'/d alpha> from the optimiser state in place (no direction
+    tensor); it must equal the dot with direction(), the formula the finite differences check."""
+    modules, train, val, warm_batch = make_problem(2, "js")
+    modules = modules.to(dtype)
+    cast = lambda b: ({k: v.to(dtype) for k, v in b[0].items()}, b[1])  # noqa: E731
+    train, val, warm_batch = cast(train), cast(val), cast(warm_batch)
+    params = list(modules.parameters())
+    optimizer = make_optimizer(opt_kind, params)
+    warm(modules, optimizer, warm_batch, 3)
+    learner = AlphaLearner(0.37, lr=0.0, bounds=(0.0, 1.0))
+    cls, match = losses(modules, train)
+    optimizer.zero_grad()
+    learner.backward(cls, match, params, SCALE, optimizer)
+    optimizer.step()
+    d_kept, pre_kept = list(learner._d), list(learner._pre)
+    grads = torch.autograd.grad(val_loss(modules, val), params, allow_unused=True)
+    reference = sum(float((g.double() * v.double()).sum())
+                    for g, v in zip(grads, learner.direction(optimizer, params)) if g is not None)
+    learner._d, learner._pre = d_kept, pre_kept
+    fast = float(learner.hypergradient(val_loss(modules, val), optimizer, params))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert abs(reference) > 1e-8
+    assert fast == pytest.approx(reference, rel=tol), (fast, reference)
+
+
 def test_sgd_hypergradient_is_wrong_for_adam_without_its_own_rule():
     """The SGD formula applied to an Adam step is far off: the optimiser-aware rule matters."""
     modules, train, val, warm_batch = make_problem(2, "js")

@@ -108,6 +108,15 @@ class Distributed:
                 p.grad = torch.zeros_like(p)
         self.reduce_weighted([p.grad for p in params], share)
 
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """In place: every floating-point buffer of ``module`` (BatchNorm running mean and variance)
+        averaged over processes, so that all of them evaluate and save the same model. Called once per
+        epoch after training: running statistics are exponential averages, linear in each step's batch
+        statistics, so averaging them once equals averaging the per-shard statistics at every step.
+        (Integer buffers such as num_batches_tracked are equal on every process already.)"""
+        if self.enabled:
+            self.reduce_weighted([b for b in module.buffers() if torch.is_floating_point(b)], 1.0 / self.world)
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             tensor = tensor.clone()

@@ -290,6 +290,7 @@ class Trainer:
                 bar.update()
                 fault_point("train_step")
             seen, sums = self._global_sums(seen, sums)
+            self.dist.average_buffers(self.model)  # BatchNorm statistics: the same model on every process
             self.scheduler.step()
             with self.precision.eager():
                 self.method.on_epoch_end(self.ctx)
