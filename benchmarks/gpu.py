@@ -7,8 +7,8 @@ torch.cuda.get_device_name() of the GPU that produced it.
    train.channels_last off and on (method joint by default; --methods joint,lfm-lb adds lfm-lb at
    its default every=10). Compute only: a few training batches are built first and kept on the GPU,
    so the figure is the model's (the input pipeline is measured by benchmarks/data_wait.py).
-2. All visible GPUs: the same step under torchrun (one process per GPU, NCCL, modgap's explicit
-   gradient all-reduce), global batch = --batch x GPUs (weak scaling), against the same launcher
+2. All visible GPUs: the same step under torchrun (one process per GPU, NCCL, DistributedDataParallel
+   as modgap uses it by default, train.ddp=true), global batch = --batch x GPUs (weak scaling), against the same launcher
    with one process; scaling efficiency = samples/s(G) / (G x samples/s(1)). Skipped with 1 GPU.
 
 Data: synth-av, 6 classes, audio 257 x 188 spectrograms, 3 frames of 224 x 224 per clip (its

@@ -154,13 +154,13 @@ class Instrument:
             return "val backward (autograd.grad)"
         if self._in("method.backward"):
             self._grads_in_backward += 1
-            return {1: "grad L_cls (backward 1)", 2: "grad L_match (backward 2)"}.get(
+            return {1: "grad L (backward 1)", 2: "grad L_cls - L_match (backward 2)"}.get(
                 self._grads_in_backward, f"autograd.grad #{self._grads_in_backward}")
         return "autograd.grad (elsewhere)"
 
     def _method_backward_name(self) -> str:
         self._grads_in_backward = 0
-        return "method.backward (rest: combine p.grad and d)"
+        return "method.backward (rest: p.grad and d)"
 
     def _tensor_backward_name(self) -> str | None:
         return "backward (total)"
@@ -180,7 +180,7 @@ class Instrument:
         self._patch(method, "after_step", "method.after_step (rest: mode switches, val CE, alpha update)")
         self._patch(tr.ctx, "next_val_batch", "val batch (ctx.next_val_batch)")
         self._patch(learner, "direction", "hypergradient: d theta'/d alpha")
-        self._patch(learner, "hypergradient", "hypergradient: float64 dot product")
+        self._patch(learner, "hypergradient", "hypergradient: dot products")
         self._patch(learner, "capture", "capture optimiser state")
         self._patch(tr, "_record_diagnostics", "train.diagnostics (grad norms, discrepancy)")
         self._patch(trainer_module, "_finite_grads", "train.check_grads (finite gradients)")

@@ -115,6 +115,9 @@ class TrainConfig:
     ResNets on tensor cores. Off: such inputs are made contiguous (NCHW)."""
     compile: bool = False
     """torch.compile each encoder (minutes of compilation up front; see docs/scaling.md)."""
+    ddp: bool = True
+    """Several processes: reduce gradients with DistributedDataParallel (overlapping the backward pass);
+    false: one explicit all-reduce after the backward pass on every step (train/distributed.py)."""
 
 
 @dataclass

@@ -38,11 +38,14 @@ def alphas(run):
     return np.array([float(r["alpha"]) for r in csv.DictReader((run / "alpha.csv").open())])
 
 
-@pytest.mark.parametrize("method", ["joint", "lfm-lb"])
-def test_two_processes_match_one(tmp_path, method):
+@pytest.mark.parametrize("method,ddp", [("joint", "true"), ("lfm-lb", "true"), ("joint", "false"), ("lfm-lb", "false")])
+def test_two_processes_match_one(tmp_path, method, ddp):
+    """DDP (default; lfm-lb mixes DDP steps with explicitly reduced hypergradient steps) and the explicit
+    all-reduce (train.ddp=false) both give the one-process run."""
     one, two = tmp_path / "one", tmp_path / "two"
-    train(one, 1, "--method", method, "--epochs", "3", "--set", "method.every=3" if method == "lfm-lb" else "train.seed=0")
-    train(two, 2, "--method", method, "--epochs", "3", "--set", "method.every=3" if method == "lfm-lb" else "train.seed=0")
+    extra = "method.every=3" if method == "lfm-lb" else "train.seed=0"
+    train(one, 1, "--method", method, "--epochs", "3", "--set", extra)
+    train(two, 2, "--method", method, "--epochs", "3", "--set", extra, "--set", f"train.ddp={ddp}")
     for a, b in zip(records(one), records(two), strict=True):
         for split in ("val", "test"):
             for part in a[split]:
@@ -56,6 +59,58 @@ def test_two_processes_match_one(tmp_path, method):
         assert a.max() > a.min(), "alpha moved (the check is not vacuous)"
     s1, s2 = (json.loads((r / "summary.json").read_text()) for r in (one, two))
     assert s1["best_epoch"] == s2["best_epoch"]
+
+
+OTHER_METHODS = ["unimodal", "lfm-h", "ogm-ge", "gblend", "pmr", "agm", "mla", "reconboost", "mmpareto", "mmcosine",
+                 "umt", "ume", "greedy", "lfm-lb+ogm-ge"]
+
+
+@pytest.mark.parametrize("args", [["--method", m] for m in OTHER_METHODS]
+                         + [["--method", "joint", "--set", "model.fusion=concat-heads"]])
+def test_every_method_on_two_processes_matches_one(tmp_path, args):
+    """Under DDP every method gives the one-process run: the gradient-modulating ones compute their
+    coefficients from statistics reduced over processes; steps that leave parameters without a
+    gradient (mla, reconboost: one modality per step; heads no loss reaches) are declared, so DDP
+    searches for them; mmpareto takes its own gradients (explicit reduction)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(one, 1, "--epochs", "2", *args)
+    train(two, 2, "--epochs", "2", *args)
+    a, b = records(one)[-1], records(two)[-1]
+    assert a["val"]["fused"]["acc"] == pytest.approx(b["val"]["fused"]["acc"], abs=2e-3)
+    assert a["train"]["total"] == pytest.approx(b["train"]["total"], rel=1e-4)
+
+
+def test_an_undeclared_unused_parameter_is_named_in_one_line(tmp_path, monkeypatch):
+    """If a component forgets to declare unused parameters, DDP's reducer error becomes a modgap error
+    saying what to set (in-process, two gloo processes)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_undeclared_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        message = (tmp_path / f"{rank}.txt").read_text()
+        assert "left a parameter without a gradient" in message and "train.ddp=false" in message, message
+
+
+def _undeclared_worker(rank: int, world: int, init: str, out: str) -> None:
+    import os
+
+    import torch.distributed as tdist
+
+    from modgap.errors import ModgapError
+    from modgap.methods.mla import MLA
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    MLA.leaves_parameters_unused = False  # pretend MLA forgot to say so
+    config = make_config(overrides={"method": {"name": "mla"}, "train": {"probe": False, "epochs": 1, "threads": 1},
+                                    "model": {"hidden": [8], "feature_dim": 4}})
+    message = "no error"
+    try:
+        Trainer(config, f"{out}/run").fit()
+    except ModgapError as exc:
+        message = str(exc)
+    with open(f"{out}/{rank}.txt", "w") as f:
+        f.write(message)
 
 
 def test_resume_on_a_different_number_of_processes(tmp_path):

@@ -95,6 +95,9 @@ class Method(nn.Module):
     """None: any number M >= 2 (or 1 where it makes sense)."""
     fusion: ClassVar[str | None] = None
     """A fusion the method needs (e.g. a shared head); None: model.fusion from the config."""
+    leaves_parameters_unused: ClassVar[bool] = False
+    """Some steps' loss does not reach every parameter (e.g. one modality trained per step). DDP then
+    has to search the graph for unused parameters each step (train/distributed.py)."""
 
     @dataclass
     class Options:
@@ -115,6 +118,12 @@ class Method(nn.Module):
 
     def backward(self, losses: Losses, ctx: StepContext) -> None:
         losses.total.backward()
+
+    def takes_own_gradients(self, ctx: StepContext) -> bool:
+        """True when this step's ``backward`` takes gradients with ``torch.autograd.grad`` instead of one
+        ``Tensor.backward`` (called before the step's forward): on several processes the trainer then
+        reduces the gradients itself after ``backward`` instead of through DDP's hooks."""
+        return False
 
     def after_backward(self, ctx: StepContext) -> None:
         pass

@@ -64,6 +64,9 @@ class Composite(Method):
     def backward(self, losses, ctx):
         self.first.backward(losses, ctx)
 
+    def takes_own_gradients(self, ctx):
+        return self.first.takes_own_gradients(ctx)
+
     def after_backward(self, ctx):
         for p in self.parts:
             p.after_backward(ctx)

@@ -142,6 +142,7 @@ def conditional_utilization(model: nn.Module, batches: Iterable[Batch],
 class Greedy(Method):
     name = "greedy"
     summary = "balanced multi-modal learning: re-balancing steps train the modality with the slowest conditional learning speed"
+    leaves_parameters_unused = True  # a re-balancing step trains one modality's branch only
 
     @dataclass
     class Options:

@@ -282,27 +282,17 @@ class AlphaLearner:
 
         ``reduce`` combines the kept difference over processes (in place); pass ``optimizer`` to
         record the optimiser's pre-step state now, or call ``capture`` once p.grad is final."""
-        params = list(params)
-        if self.horizon > 1:
-            self._tangent_backward(cls_loss, match_loss, params, loss_scale)
-        else:
-            g_cls = torch.autograd.grad(cls_loss, params, retain_graph=True, allow_unused=True)
-            g_match = torch.autograd.grad(match_loss, params, allow_unused=True)
-            self._d = []
-            for p, gc, gm in zip(params, g_cls, g_match):
-                gc = torch.zeros_like(p) if gc is None else gc
-                gm = torch.zeros_like(p) if gm is None else gm
-                d = gc - gm  # (not in place: autograd may hand out expanded or shared tensors)
-                grad = torch.add(gm, d, alpha=self.alpha).mul_(loss_scale)  # s (a g_cls + (1 - a) g_match)
-                p.grad = grad if p.grad is None else p.grad.add_(grad)
-                self._d.append(d.mul_(loss_scale))
+        self._gradients(cls_loss, match_loss, list(params), loss_scale)
         if reduce is not None:
             reduce(self._d)
         if optimizer is not None:
             self.capture(optimizer, params)
 
-    def _tangent_backward(self, cls_loss, match_loss, params, loss_scale) -> None:
-        """p.grad += grad L; keeps D = s (g_cls - g_match) + H z (H: Hessian of L at this step)."""
+    def _gradients(self, cls_loss, match_loss, params, loss_scale) -> None:
+        """p.grad += grad L; keeps D = s (g_cls - g_match) (+ H z inside a window of ``horizon`` > 1, H the
+        Hessian of L at this step). Two backward passes, one of L = s (a L_cls + (1 - a) L_match) and
+        one of s (L_cls - L_match): the two gradients come out as they are used, with no element-wise
+        combining of g_cls and g_match afterwards."""
         total = lfm_objective(cls_loss, match_loss, self.alpha, loss_scale)
         direct = loss_scale * (cls_loss - match_loss)
         z = self._z
@@ -623,6 +613,9 @@ class LFMLearned(LFMBase):
         """This step is one of the last `horizon` steps before an update (the update step included)."""
         h, every = self.learner.horizon, self.options.every
         return self._active(ctx) and ((ctx.step % every) + h - 1) % every < h
+
+    def takes_own_gradients(self, ctx: StepContext) -> bool:
+        return self._in_window(ctx)
 
     def backward(self, losses: Losses, ctx: StepContext) -> None:
         if not self._in_window(ctx):

@@ -70,6 +70,7 @@ class MLA(Method):
     name = "mla"
     summary = "MLA: alternating unimodal steps on a shared head (OWM-projected), entropy-weighted fusion"
     fusion = "shared"
+    leaves_parameters_unused = True  # one modality's encoder per step
 
     @dataclass
     class Options:

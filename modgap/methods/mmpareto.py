@@ -80,6 +80,9 @@ class MMPareto(Method):
         terms = {"cls": fused, **{f"cls_{m}": cross_entropy(out.logits[m], batch.y) for m in self.modalities}}
         return Losses(sum(terms.values()), terms)
 
+    def takes_own_gradients(self, ctx: StepContext) -> bool:
+        return True
+
     def backward(self, losses: Losses, ctx: StepContext) -> None:
         params = list(ctx.params)
         names = ["cls", *(f"cls_{m}" for m in self.modalities)]

@@ -55,6 +55,7 @@ def phase_at(epoch: int, modalities: tuple[str, ...], stage_epochs: int, rectify
 class ReconBoost(Method):
     name = "reconboost"
     summary = "ReconBoost: one modality at a time fits what the others miss (KL reconcilement), global rectification"
+    leaves_parameters_unused = True  # one modality's encoder per step
 
     @dataclass
     class Options:

@@ -113,9 +113,11 @@ class UniModalTeacher(Method):
                     b.copy_(state[k])
         loss = self.options.distill_weight * sum(self.distillation(features, ctx.batch.inputs).values())
         params = [p for e in encoders for p in e.parameters() if p.requires_grad]
-        for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
-            if g is not None:
-                p.grad = g if p.grad is None else p.grad + g
+        grads = [torch.zeros_like(p) if g is None else g
+                 for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+        ctx.reduce_weighted(grads, ctx.share)  # p.grad is already reduced over processes: so must this be
+        for p, g in zip(params, grads):
+            p.grad = g if p.grad is None else p.grad + g
 
     # ---- checkpoint state: the teachers' weights --------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

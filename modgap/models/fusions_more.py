@@ -138,6 +138,8 @@ class ConcatHeadsFusion(nn.Module):
     shared encoders, the architecture of MMPareto's released code.
     """
 
+    leaves_parameters_unused = True  # a loss on the fused logits alone never reaches the unimodal heads
+
     def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
         super().__init__()
         self.order = list(feature_dims)

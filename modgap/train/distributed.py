@@ -2,17 +2,23 @@
 
 Started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in the environment), modgap
 joins a torch.distributed process group (gloo on CPU, NCCL on CUDA). ``data.batch_size`` is the
-GLOBAL batch: every process takes an interleaved shard of each global batch, and gradients are
-combined with one flattened all-reduce per step, each process weighting its local-mean gradient by
-its share n_r / N of the global batch. For losses that are means over samples this gives exactly the
-global-batch gradient, also for an uneven last batch (a process with no sample runs one padded
-sample at weight 0, so every process makes the same collective calls).
+GLOBAL batch: every process takes an interleaved shard of each global batch, and each process
+weights its local-mean gradient by its share n_r / N of the global batch before the sum over
+processes. For losses that are means over samples this gives exactly the global-batch gradient, also
+for an uneven last batch (a process with no sample runs one padded sample at weight 0, so every
+process makes the same collective calls).
 
-Why not wrap the model in DistributedDataParallel: LFM-LB's update steps take the two gradients
-g_cls and g_match with torch.autograd.grad, which DDP's reducer does not see, and gradient-modulating
-methods must act on the reduced gradient before the optimiser step. Reducing explicitly after the
-method's backward hook covers every method with one rule; the price is that communication does not
-overlap the backward pass (docs/scaling.md).
+Gradients are reduced by PyTorch's DistributedDataParallel (``train.ddp``, on by default): the
+training forward (model + the method's losses, ``TrainForward``) runs inside DDP, whose bucketed
+all-reduce overlaps the backward pass; a communication hook (``weighted_allreduce``) applies the
+share weighting instead of DDP's plain mean. Two kinds of step cannot use DDP's reducer, and
+run under ``DDP.no_sync()`` with one explicit flattened all-reduce after the method's backward hook
+(``reduce_gradients``), the same rule as with ``train.ddp=false``:
+- a method that takes its gradients with ``torch.autograd.grad`` in that step
+  (``Method.takes_own_gradients``: lfm-lb's hypergradient steps, which need g_cls and g_match
+  apart; MMPareto, which needs one gradient per loss), which DDP's hooks never see;
+- nothing else: gradient-modulating methods (OGM-GE, AGM, Greedy, ...) act in ``after_backward`` on
+  the reduced gradient, which DDP has written by then.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as tdist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
 
@@ -145,6 +153,60 @@ class Distributed:
         if self.enabled:
             tdist.barrier()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group; after a finished run, together: without the barrier a process that
+        finishes first tears its connections down while a peer's last collective may still be reading
+        from them, and gloo aborts that peer (SIGABRT at exit, seen now and then on a loaded machine).
+        After an error no barrier: the peers may never reach it, and torchrun stops them."""
         if self.enabled and tdist.is_initialized():
-            tdist.destroy_process_group()
+            try:
+                if finished:
+                    tdist.barrier()
+            finally:
+                tdist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ DistributedDataParallel
+class TrainForward(nn.Module):
+    """The training step's forward as one module, for DDP to wrap: the model's outputs and the
+    method's losses; returns only the total loss, so that DDP's search for unused parameters starts
+    from what the backward pass will reach (heads whose outputs no loss uses count as unused)."""
+
+    def __init__(self, model: nn.Module, method: nn.Module) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+        self.out: Any = None
+        self.losses: Any = None
+
+    def forward(self, batch, ctx) -> torch.Tensor:
+        self.out = self.model(batch.inputs)
+        ctx.out, ctx.batch = self.out, batch  # for hooks of methods composed after the first
+        self.losses = self.method.losses(self.out, batch, ctx)
+        return self.losses.total
+
+
+@dataclass
+class ShareState:
+    """The communication hook's state: this process's share of the current global batch."""
+    share: float = 1.0
+
+
+def weighted_allreduce(state, bucket):  # no annotations: DDP checks them, and this module's are strings
+    """DDP communication hook: sum over processes of share * local gradient (DDP's own hook takes
+    the plain mean, which is wrong for an uneven last batch)."""
+    buffer = bucket.buffer()
+    buffer.mul_(state.share)
+    return tdist.all_reduce(buffer, async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def wrap_ddp(forward: TrainForward, device: torch.device, state: ShareState) -> DistributedDataParallel:
+    """DDP over the training forward; buffers are not synchronised in the forward (BatchNorm statistics
+    are averaged once per epoch instead: ``Distributed.average_buffers``). DDP searches the graph
+    for unused parameters only where a component says some step can leave parameters without a
+    gradient (``leaves_parameters_unused`` of the method, a composite's parts, or the fusion); elsewhere
+    that search would cost a graph traversal per step and DDP warns about it."""
+    unused = any(getattr(m, "leaves_parameters_unused", False) for m in forward.modules())
+    ddp = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                  forward_sync_buffers=False, find_unused_parameters=unused)
+    ddp.register_comm_hook(state, weighted_allreduce)
+    return ddp

@@ -8,6 +8,7 @@ epoch, a linear probe per modality on frozen features, the modality gap, summary
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -30,7 +31,7 @@ from ..methods.base import required_fusion
 from ..models import MultimodalClassifier, build_model
 from .metrics import (OutputAccumulator, classification_metrics, imbalance_ratio, linear_probe,
                       modality_gap)
-from .distributed import Distributed
+from .distributed import Distributed, ShareState, TrainForward, wrap_ddp
 from .loader import BatchLoader, Item, default_workers
 from .precision import Precision
 from .faults import fault_point
@@ -132,6 +133,9 @@ class Trainer:
         dims = {m: e.out_dim for m, e in self.model.encoders.items()}
         self.method: Method = build_method(config.method, self.data.modalities, self.data.num_classes, dims).to(self.device)
         self.params = [p for p in [*self.model.parameters(), *self.method.parameters()] if p.requires_grad]
+        self.forward = TrainForward(self.model, self.method)
+        self._share = ShareState()
+        self.ddp = wrap_ddp(self.forward, self.device, self._share) if self.dist.enabled and config.train.ddp else None
         self.optimizer = make_optimizer(self.params, config.optim)
         self.scheduler = make_scheduler(self.optimizer, config.optim, config.train.epochs)
         self.state = Progress()
@@ -248,14 +252,17 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        finished = False
         try:
             self._start()  # inside: a failed start gives back the lock it took (never another's)
-            return self._fit()
+            result = self._fit()
+            finished = True
+            return result
         finally:
             if self.loader is not None:
                 self.loader.close()
             self.run.release()
-            self.dist.close()
+            self.dist.close(finished)
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config
@@ -346,15 +353,22 @@ class Trainer:
         """One optimiser step; None when a non-finite loss or gradient made it skip (on_nonfinite=skip),
         or an fp16 gradient overflowed (the loss scale backs off; not counted as a skipped step)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():  # train.precision: the forward and the losses only
-            out = self.model(batch.inputs)
-            self.ctx.out, self.ctx.batch = out, batch  # for hooks of methods composed after the first
-            losses = self.method.losses(out, batch, self.ctx)
-        if not bool(self.dist.all_reduce_sum(torch.isfinite(losses.total.detach()).float()) == self.dist.world):
-            return self._nonfinite("loss", batch)
-        with self.precision.scaled(losses, self.params) as scaled:  # fp16: gradients arrive unscaled
-            self.method.backward(scaled, self.ctx)
-        self.dist.reduce_gradients(self.params, batch.share)
+        # several processes: DDP reduces the gradients during the backward pass, unless the method takes
+        # its own gradients this step (then: no_sync, and one explicit all-reduce after its backward)
+        explicit = self.ddp is None or self.method.takes_own_gradients(self.ctx)
+        with (self.ddp.no_sync() if self.ddp is not None and explicit else contextlib.nullcontext()):
+            self._share.share = batch.share
+            with self.precision.autocast():  # train.precision: the forward and the losses only
+                self._forward(batch)
+            out, losses = self.forward.out, self.forward.losses
+            if not bool(self.dist.all_reduce_sum(torch.isfinite(losses.total.detach()).float()) == self.dist.world):
+                if not explicit:  # DDP waits for this forward's backward: give it one, then drop it
+                    losses.total.backward()
+                return self._nonfinite("loss", batch)
+            with self.precision.scaled(losses, self.params) as scaled:  # fp16: gradients arrive unscaled
+                self.method.backward(scaled, self.ctx)
+        if explicit:
+            self.dist.reduce_gradients(self.params, batch.share)
         self.method.after_backward(self.ctx)
         if self.precision.loss_scale is not None:  # fp16: an inf/NaN gradient is the loss scale's business
             finite = _finite_grads(self.params)
@@ -372,6 +386,20 @@ class Trainer:
         terms = {k: float(v.detach()) for k, v in losses.terms.items()}
         terms["total"] = float(losses.total.detach())
         return terms
+
+    def _forward(self, batch: Batch) -> None:
+        if self.ddp is None:
+            self.forward(batch, self.ctx)
+            return
+        try:
+            self.ddp(batch, self.ctx)
+        except RuntimeError as exc:  # DDP's reducer: the previous step left a parameter without gradient
+            if "find_unused_parameters" not in str(exc):
+                raise
+            raise TrainingError(f"method '{self.config.method['name']}' left a parameter without a gradient in a "
+                                f"step before step {self.state.step}, which DistributedDataParallel must be told: set "
+                                "leaves_parameters_unused = True on the method or fusion, or train with "
+                                "--set train.ddp=false") from None
 
     @torch.no_grad()
     def _record_diagnostics(self, out, batch: Batch) -> None:
