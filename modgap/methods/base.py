@@ -95,6 +95,9 @@ class Method(nn.Module):
     """None: any number M >= 2 (or 1 where it makes sense)."""
     fusion: ClassVar[str | None] = None
     """A fusion the method needs (e.g. a shared head); None: model.fusion from the config."""
+    unimodal_models: ClassVar[bool] = False
+    """The trained model is one independent uni-modal model per modality (its encoders and heads never
+    see another modality): a reference for tables, a source of teachers."""
     leaves_parameters_unused: ClassVar[bool] = False
     """Some steps' loss does not reach every parameter (e.g. one modality trained per step). DDP then
     has to search the graph for unused parameters each step (train/distributed.py)."""
@@ -170,6 +173,15 @@ def required_fusion(name: str) -> str | None:
     if len(fusions) > 1:
         raise ConfigError(f"methods in '{name}' need different fusions: {', '.join(sorted(fusions))}")
     return fusions.pop() if fusions else None
+
+
+def trains_unimodal_models(label: str) -> bool:
+    """Whether a method label ("unimodal", "ume[combine=probs]", "lfm-lb+ogm-ge", ...) names a single
+    registered method whose models are uni-modal (``Method.unimodal_models``); unknown names: False."""
+    name = label.split("[", 1)[0]
+    if "+" in name or name not in METHODS:
+        return False
+    return METHODS.get(name).unimodal_models
 
 
 def build_method(spec: dict[str, Any], modalities: tuple[str, ...], num_classes: int,

@@ -28,11 +28,9 @@ from torch import nn
 
 from ..data.base import Batch
 from ..errors import ConfigError, DataError, ModgapError, closest
-from .base import StepContext
+from .base import METHODS, StepContext, trains_unimodal_models
 
 FORMAT = "modgap.teachers/1"
-UNIMODAL_METHODS = ("unimodal", "ume")
-"""Methods whose model's encoders and heads are uni-modal models, usable as teachers."""
 SELECT = ("best", "last")
 
 
@@ -224,9 +222,10 @@ def read_teacher_state(path: str, modalities: tuple[str, ...]) -> dict[str, Any]
             return {**value, "source": str(file)}
 
     method = _method_of(config)
-    if method is not None and method not in UNIMODAL_METHODS:
+    if method is not None and not trains_unimodal_models(method):
+        sources = [name for name, cls in METHODS.items() if cls.unimodal_models]
         raise ConfigError(f"{source}: a '{method}' run holds no uni-modal teachers; give a run of "
-                          f"{', '.join(UNIMODAL_METHODS)} or umt")
+                          f"{', '.join(sources)} or umt")
     model = state.get("model", state)
     teachers = {}
     for m in modalities:

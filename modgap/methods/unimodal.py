@@ -37,6 +37,7 @@ def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mix: float) -> tor
 @register
 class Unimodal(Method):
     name = "unimodal"
+    unimodal_models = True
     summary = "each modality trained alone (sum of per-modality CE); fused = mean of logits"
 
     @dataclass

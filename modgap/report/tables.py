@@ -16,8 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..methods.base import trains_unimodal_models
+
 METRICS = ("acc", "map", "f1")
-UNIMODAL = "unimodal"
 
 
 def read_summaries(root: Path) -> list[dict[str, Any]]:
@@ -90,10 +91,10 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
 
 
 def best_unimodal(methods: dict[str, dict[str, Any]]) -> float | None:
-    uni = methods.get(UNIMODAL)
-    if not uni:
-        return None
-    return max(mean for mean, _ in uni["modalities"].values())
+    """The best single modality's accuracy among methods that train uni-modal models (unimodal, ume)."""
+    accs = [mean for name, row in methods.items() if trains_unimodal_models(name)
+            for mean, _ in row["modalities"].values()]
+    return max(accs) if accs else None
 
 
 def ranks(methods: dict[str, dict[str, Any]], metric: str) -> dict[str, int]:
@@ -124,7 +125,7 @@ def markdown(agg: dict[str, dict[str, dict[str, Any]]]) -> str:
                 *[f"{m} probe" for m in modalities], "imbalance"]
         lines = [f"### {data}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, v in methods.items():
-            mark = " †" if floor is not None and name != UNIMODAL and v["acc"][0] < floor else ""
+            mark = " †" if floor is not None and not trains_unimodal_models(name) and v["acc"][0] < floor else ""
             cells = [f"{name}{mark}", str(v["n"]), *[_cell(*v[k], r[k].get(name), False) for k in METRICS],
                      *[_cell(*v["modalities"][m], None, False) for m in modalities],
                      *[_cell(*v["probe"][m], None, False) for m in modalities],
@@ -148,7 +149,7 @@ def latex(agg: dict[str, dict[str, dict[str, Any]]]) -> str:
         lines = ["\\begin{tabular}{lccc}", "\\toprule", f"\\multicolumn{{4}}{{c}}{{{_tex(data)}}} \\\\",
                  "Method & ACC & MAP & F1 \\\\", "\\midrule"]
         for name, v in methods.items():
-            mark = "$^\\dagger$" if floor is not None and name != UNIMODAL and v["acc"][0] < floor else ""
+            mark = "$^\\dagger$" if floor is not None and not trains_unimodal_models(name) and v["acc"][0] < floor else ""
             lines.append(f"{_tex(name)}{mark} & " + " & ".join(_cell(*v[k], r[k].get(name), True) for k in METRICS) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}", ""]
         parts.append("\n".join(lines))
