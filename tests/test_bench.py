@@ -81,3 +81,17 @@ def test_collect_needs_runs_and_ranks_mark_best_and_second(tmp_path, capsys):
     assert ranks(agg["d"], "acc") == {"x": 1, "y": 2, "unimodal": 3}
     text = markdown(agg)
     assert "| y † |" in text and "| x |" in text  # y (55) is below the best unimodal modality (60)
+
+
+def test_the_unimodal_reference_comes_from_the_method_classes():
+    from modgap.methods.base import trains_unimodal_models
+    from modgap.report.tables import best_unimodal
+
+    assert trains_unimodal_models("unimodal") and trains_unimodal_models("ume[combine=probs]")
+    assert not trains_unimodal_models("joint") and not trains_unimodal_models("unimodal+ogm-ge")
+    assert not trains_unimodal_models("no-such-method")
+    rows = {"joint": {"modalities": {"a": (0.9, 0.0), "b": (0.5, 0.0)}},
+            "ume": {"modalities": {"a": (0.7, 0.0), "b": (0.6, 0.0)}},
+            "unimodal[label_mix=0.1]": {"modalities": {"a": (0.8, 0.0), "b": (0.4, 0.0)}}}
+    assert best_unimodal(rows) == 0.8  # joint's heads never count
+    assert best_unimodal({"joint": rows["joint"]}) is None
