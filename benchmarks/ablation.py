@@ -45,7 +45,9 @@ LEARNED = [OLD, "lfm-lb[variant=official]",
            "lfm-lb[alpha0=0.5]", "lfm-lb[val_objective=fused+modalities,alpha0=0.5]",
            "lfm-lb[horizon=5,val_objective=fused+modalities,alpha0=0.5]"]
 METHODS = ["joint", "unimodal", *CONSTANTS, *SCHEDULES, *LEARNED]
-SYNTH_METHODS = ["joint", *CONSTANTS, OLD, "lfm-lb[alpha0=0.5]", "lfm-lb[val_objective=fused+modalities,alpha0=0.5]"]
+SYNTH_METHODS = ["joint", *CONSTANTS, "lfm-h[schedule=paper]", "lfm-h[schedule=linear]", "lfm-h[schedule=cosine]", OLD,
+                 "lfm-lb[alpha0=0.5]", "lfm-lb[val_objective=fused+modalities,alpha0=0.5]",
+                 "lfm-lb[alpha0=0.5,lr_alpha=10]"]  # the last: exploratory (is the step on alpha too small?)
 # synth-av at a size a CPU trains in a minute, with both modalities learnable alone (unimodal, seed 0:
 # audio 0.94, visual 0.53 test accuracy) and audio the stronger one
 SYNTH_SETS = ["--epochs", "20", "--set", "data.options.n=100", "--set", "data.options.size=32",
