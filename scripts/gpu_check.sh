@@ -13,7 +13,8 @@
 #                bf16 epoch of lfm-lb (every=1) with a finite alpha; the loss scale's skipped steps
 #   channels     channels_last: same first loss as the default layout; a bf16 + channels_last epoch
 #   loader       data.workers=2 with pinned memory on a small prepared folder: same rows as in-process
-#   ddp          torchrun over all visible GPUs (NCCL) against one GPU: same metrics and alpha
+#   ddp          torchrun over all visible GPUs (NCCL) against one GPU: same metrics and alpha, with
+#                DistributedDataParallel and with train.ddp=false; mla (unused parameters) runs
 #                (mfeat, as tests/test_distributed.py on CPU); a ResNet bf16 run over all GPUs
 #   compile      train.compile (inductor), bf16, lfm-lb every=1 on mfeat: alpha as in eager mode (last:
 #                compilation time varies most)
@@ -188,21 +189,26 @@ def _():
     tiny = ["--method", "lfm-lb", "--epochs", "2", "--set", "method.every=3", "--set", "model.hidden=[32]",
             "--set", "model.feature_dim=16", "--set", "train.probe=false", "--set", "data.batch_size=50"]
     one = modgap_train(tmp / "ddp1", 1, *tiny)
-    many = modgap_train(tmp / "ddpN", procs, *tiny)
-    for a, b in zip(one, many, strict=True):  # GPU sums differ in order: allow a couple of flipped predictions
-        for split in ("val", "test"):
-            for part in a[split]:
-                for metric in ("acc", "map", "f1"):
-                    assert abs(a[split][part][metric] - b[split][part][metric]) <= 1.2e-2, (split, part, metric)
-        for term in a["train"]:
-            assert abs(a["train"][term] - b["train"][term]) <= 1e-3 * abs(a["train"][term]) + 1e-6, term
-    alphas = [a["alpha"] for a in one], [b["alpha"] for b in many]
-    assert all(abs(x - y) <= 1e-3 * abs(x) + 1e-6 for x, y in zip(*alphas)), alphas
+    # DistributedDataParallel (default) and the explicit all-reduce (train.ddp=false) both match one GPU
+    for label, extra in (("ddpN", []), ("allreduceN", ["--set", "train.ddp=false"])):
+        many = modgap_train(tmp / label, procs, *tiny, *extra)
+        for a, b in zip(one, many, strict=True):  # GPU sums differ in order: allow a couple of flipped predictions
+            for split in ("val", "test"):
+                for part in a[split]:
+                    for metric in ("acc", "map", "f1"):
+                        assert abs(a[split][part][metric] - b[split][part][metric]) <= 1.2e-2, (label, split, part, metric)
+            for term in a["train"]:
+                assert abs(a["train"][term] - b["train"][term]) <= 1e-3 * abs(a["train"][term]) + 1e-6, (label, term)
+        alphas = [a["alpha"] for a in one], [b["alpha"] for b in many]
+        assert all(abs(x - y) <= 1e-3 * abs(x) + 1e-6 for x, y in zip(*alphas)), (label, alphas)
+    modgap_train(tmp / "ddp-mla", procs, "--method", "mla", "--epochs", "1", "--set", "model.hidden=[32]",
+                 "--set", "train.probe=false")  # parameters without gradient in a step (declared to DDP)
     modgap_train(tmp / "ddp-resnet", procs, "--data", "synth-av:n=20,size=64,frames=2", "--method", "lfm-lb",
                  "--epochs", "1", "--set", "model.width=8", "--set", "train.precision=bf16",
                  "--set", f"train.channels_last={'true' if cuda else 'false'}", "--set", "train.probe=false",
                  "--set", "data.batch_size=32")
-    return f"{procs} processes: metrics and alpha match one process; ResNet bf16 + channels_last run over {procs} ok"
+    return (f"{procs} processes, DDP and train.ddp=false: metrics and alpha match one process; mla ok; "
+            f"ResNet bf16 + channels_last run over {procs} ok")
 
 
 @check("compile (inductor) lfm-lb")
