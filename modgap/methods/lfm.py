@@ -338,7 +338,9 @@ class AlphaLearner:
         self.window_steps += 1
 
     def direction(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """d theta'/d alpha per parameter, after optimizer.step()."""
+        """d theta'/d alpha per parameter, after optimizer.step(). With ``horizon=1`` this is the formula in
+        its direct form (``OPTIMIZER_RULES``); ``hypergradient`` uses the in-place arrangement of the same
+        formula (``DOT_RULES``), tested equal to the dot product with this."""
         if self.horizon > 1:
             if self._d is not None:
                 self.advance(optimizer, params)

@@ -11,14 +11,15 @@ process makes the same collective calls).
 Gradients are reduced by PyTorch's DistributedDataParallel (``train.ddp``, on by default): the
 training forward (model + the method's losses, ``TrainForward``) runs inside DDP, whose bucketed
 all-reduce overlaps the backward pass; a communication hook (``weighted_allreduce``) applies the
-share weighting instead of DDP's plain mean. Two kinds of step cannot use DDP's reducer, and
-run under ``DDP.no_sync()`` with one explicit flattened all-reduce after the method's backward hook
-(``reduce_gradients``), the same rule as with ``train.ddp=false``:
-- a method that takes its gradients with ``torch.autograd.grad`` in that step
-  (``Method.takes_own_gradients``: lfm-lb's hypergradient steps, which need g_cls and g_match
-  apart; MMPareto, which needs one gradient per loss), which DDP's hooks never see;
-- nothing else: gradient-modulating methods (OGM-GE, AGM, Greedy, ...) act in ``after_backward`` on
-  the reduced gradient, which DDP has written by then.
+share weighting instead of DDP's plain mean. One kind of step cannot use DDP's reducer: a step in
+which the method takes its gradients with ``torch.autograd.grad`` (``Method.takes_own_gradients``:
+lfm-lb's hypergradient steps, which need g_cls and g_match apart; MMPareto, one gradient per loss),
+which DDP's hooks never see. Such a step runs under ``DDP.no_sync()`` and its gradients are reduced by
+one explicit flattened all-reduce after the method's backward (``reduce_gradients``), the rule every
+step follows with ``train.ddp=false``. Gradient-modulating methods (OGM-GE, AGM, Greedy, ...) need
+nothing special: they act in ``after_backward`` on the reduced gradient, which DDP has written by then.
+Components whose steps can leave parameters without a gradient say so (``leaves_parameters_unused``),
+and DDP then looks for them each step.
 """
 
 from __future__ import annotations
