@@ -13,6 +13,7 @@ moved as it is.
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -41,12 +42,19 @@ def pixels_to_model(x: torch.Tensor) -> torch.Tensor:
     other dtype is returned as it is."""
     if x.dtype != torch.uint8:
         return x
-    c = x.shape[-3]
-    mean, std = norm_for(c)
-    shape = (c, 1, 1)
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(shape)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=x.device).view(shape)
+    scale, shift = _pixel_affine(x.shape[-3], x.device)
     return x.float().mul_(scale).sub_(shift)
+
+
+@functools.lru_cache(maxsize=None)
+def _pixel_affine(channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std) as (C, 1, 1) tensors on ``device``, made once (not a host-to-device
+    copy per batch)."""
+    mean, std = norm_for(channels)
+    shape = (channels, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(shape)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(shape)
+    return scale, shift
 
 
 @dataclass
