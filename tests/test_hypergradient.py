@@ -95,7 +95,7 @@ def lookahead(modules, opt_kind, opt_state, train, val, alpha: float) -> float:
     cls, match = losses(modules, train)
     lfm_objective(cls, match, alpha, SCALE).backward()
     optimizer.step()
-    return float(val_loss(modules, val))
+    return float(val_loss(modules, val).detach())
 
 
 def analytic(modules, opt_kind, opt_state, train, val, alpha: float) -> float:
