@@ -80,7 +80,7 @@ def test_every_method_on_two_processes_matches_one(tmp_path, args):
     assert a["train"]["total"] == pytest.approx(b["train"]["total"], rel=1e-4)
 
 
-def test_an_undeclared_unused_parameter_is_named_in_one_line(tmp_path, monkeypatch):
+def test_an_undeclared_unused_parameter_is_named_in_one_line(tmp_path):
     """If a component forgets to declare unused parameters, DDP's reducer error becomes a modgap error
     saying what to set (in-process, two gloo processes)."""
     import torch.multiprocessing as mp
