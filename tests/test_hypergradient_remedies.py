@@ -95,7 +95,7 @@ def unrolled_val(modules, opt_kind, opt_state, train, val, alpha, objective="fus
         if lr_after is not None and i == 0:
             for g in optimizer.param_groups:
                 g["lr"] *= lr_after
-    return float(outer_loss(modules, val, objective, weight))
+    return float(outer_loss(modules, val, objective, weight).detach())
 
 
 def central_difference(modules, opt_kind, opt_state, train, val, alpha, **kw) -> float:
