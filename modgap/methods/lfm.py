@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError, closest
 from ..registry import Registry
+from .alpha_steps import PAPER_SLOPE, AlphaParams, logit, neumann_hypergradient
 from .base import Losses, Method, StepContext, cross_entropy, register
 from .matching import MATCHING
 
@@ -252,26 +253,44 @@ class AlphaLearner:
     """
 
     def __init__(self, alpha: float = 0.05, lr: float = 1.0, bounds: tuple[float, float] = (0.05, 1.0),
-                 parametrization: str = "clip", horizon: int = 1, momentum: float = 0.0) -> None:
-        if parametrization not in ("clip", "sigmoid"):
-            raise ConfigError(f"unknown parametrization '{parametrization}'{closest(parametrization, ('clip', 'sigmoid'))}")
-        if not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
-            raise ConfigError(f"alpha bounds must satisfy 0 <= min <= max <= 1, got {bounds}")
+                 parametrization: str = "clip", horizon: int = 1, momentum: float = 0.0, step: str = "raw",
+                 step_size: float = 0.02, rms_beta: float = 0.9, slope: float = PAPER_SLOPE) -> None:
         if horizon < 1:
             raise ConfigError(f"the hypergradient horizon must be >= 1 optimiser step, got {horizon}")
-        if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"the hypergradient momentum must lie in [0, 1), got {momentum}")
-        self.lr, self.bounds, self.parametrization = lr, bounds, parametrization
+        self.params = AlphaParams(parametrization, alpha, bounds, step, lr, step_size, momentum, rms_beta, slope)
+        self.bounds, self.parametrization, self.rule = bounds, parametrization, step
         self.horizon, self.momentum = horizon, momentum
-        self.alpha = min(max(alpha, bounds[0]), bounds[1])
-        self.logit = math.log(max(self.alpha, 1e-6) / max(1 - self.alpha, 1e-6))
+        self.epoch = 0.0  # where in training the current alpha is used (step / steps per epoch)
         self.last_hypergradient = 0.0
-        self.average, self.updates = 0.0, 0
         self._d: list[torch.Tensor | None] | None = None
         self._pre: list[dict[str, Any] | None] = []
         self._z: list[torch.Tensor] | None = None  # horizon > 1: d theta / d alpha in the window so far
         self._tan: list[dict[str, torch.Tensor]] | None = None
         self.window_steps = 0
+
+    @property
+    def alpha(self) -> float:
+        return self.params.alpha_at(self.epoch)
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        """Set alpha (``clip`` only: the official variant's own update)."""
+        if self.parametrization != "clip":
+            raise ConfigError("alpha can be set directly only with parametrization=clip")
+        self.params.values = [min(max(value, self.bounds[0]), self.bounds[1])]
+
+    @property
+    def lr(self) -> float:
+        return self.params.lr
+
+    @property
+    def logit(self) -> float:
+        return self.params.values[0] if self.parametrization != "clip" else logit(self.alpha)
+
+    def at(self, epoch: float) -> float:
+        """Move to ``epoch`` (fractional) of training; returns the alpha used there."""
+        self.epoch = epoch
+        return self.alpha
 
     # ---- gradients of the training step -------------------------------------------------------
     def backward(self, cls_loss: torch.Tensor, match_loss: torch.Tensor, params: Sequence[torch.Tensor],
@@ -387,47 +406,56 @@ class AlphaLearner:
 
     # ---- the step on alpha --------------------------------------------------------------------
     def update(self, hypergradient: float) -> float:
-        """One gradient step on alpha (or on its logit), kept inside the bounds; returns alpha.
-        With ``momentum`` beta the step uses the bias-corrected average
-        a_n = beta a_{n-1} + (1 - beta) h_n, a_n / (1 - beta^n), instead of h_n."""
+        """One step on alpha's parameters from dL_val/dalpha (``step=cosine``: from the cosine), by
+        the ``step`` rule, kept inside the bounds; returns alpha. A non-finite value moves nothing.
+        With ``momentum`` beta the step uses the bias-corrected average of the gradients."""
         h = float(hypergradient)
-        if not math.isfinite(h):
-            return self.alpha  # a non-finite hypergradient never moves alpha
-        self.last_hypergradient = h
-        if self.momentum > 0:
-            self.updates += 1
-            self.average = self.momentum * self.average + (1.0 - self.momentum) * h
-            h = self.average / (1.0 - self.momentum**self.updates)
-        lo, hi = self.bounds
-        if self.parametrization == "sigmoid":
-            move = self.lr * h * self.alpha * (1.0 - self.alpha)
-            if math.isnan(move):  # inf * 0 (a huge lr * h at alpha 0 or 1): no step
-                return self.alpha
-            self.logit = min(max(self.logit - move, -30.0), 30.0)
-            self.alpha = min(max(1.0 / (1.0 + math.exp(-self.logit)), lo), hi)
-        else:
-            move = self.lr * h
-            if math.isnan(move):  # inf * 0 (lr = inf, h = 0): no step
-                return self.alpha
-            self.alpha = min(max(self.alpha - move, lo), hi)
+        if math.isfinite(h):
+            self.last_hypergradient = h
+        self.params.move(h, self.epoch)
         return self.alpha
 
     def step(self, val_loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
-             reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> float:
+             reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+             reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> float:
+        """One update of alpha from ``val_loss`` at theta'. ``reduce`` combines the hypergradient over
+        processes; ``step=cosine`` combines the validation gradient itself (``reduce_grads``, in place)."""
+        if self.rule == "cosine":
+            return self.update(self.cosine(val_loss, optimizer, params, reduce_grads))
         return self.update(reduce(self.hypergradient(val_loss, optimizer, params)).item())
 
+    def cosine(self, val_loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+               reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> float:
+        """cos(grad L_val(theta'), d theta'/d alpha): the hypergradient without its size (``step=cosine``).
+        Ends the current window."""
+        params = list(params)
+        grads = torch.autograd.grad(val_loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        if reduce_grads is not None:
+            reduce_grads(grads)
+        direction = self.direction(optimizer, params)
+        dot = sum((_dot(g, v) for g, v in zip(grads, direction)), torch.zeros((), dtype=torch.float64))
+        gg = sum((_dot(g, g) for g in grads), torch.zeros((), dtype=torch.float64))
+        vv = sum((_dot(v, v) for v in direction), torch.zeros((), dtype=torch.float64))
+        self.reset()
+        norm = math.sqrt(float(gg) * float(vv))
+        return float(dot) / norm if norm > 0 else 0.0
+
     def state_dict(self) -> dict[str, Any]:
-        state = {"alpha": self.alpha, "logit": self.logit, "lr": self.lr, "last": self.last_hypergradient,
-                 "average": self.average, "updates": self.updates}
+        state = {"params": self.params.state_dict(), "epoch": self.epoch, "last": self.last_hypergradient}
         if self._z is not None:  # a window in flight (horizon > 1): resume it exactly
             state["window"] = {"z": [z.detach().clone() for z in self._z], "steps": self.window_steps,
                                "tan": [{k: v.detach().clone() for k, v in t.items()} for t in self._tan]}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.alpha, self.logit = state["alpha"], state["logit"]
-        self.lr, self.last_hypergradient = state["lr"], state["last"]
-        self.average, self.updates = state.get("average", 0.0), state.get("updates", 0)
+        if "params" in state:
+            self.params.load_state_dict(state["params"])
+        else:  # a checkpoint from before issue 12: alpha (clip) or its logit (sigmoid), h's average
+            self.params.values = [state["logit"] if self.parametrization != "clip" else state["alpha"]]
+            self.params.average, self.params.updates = [state.get("average", 0.0)], state.get("updates", 0)
+            self.params.lr = state["lr"]
+        self.epoch, self.last_hypergradient = state.get("epoch", 0.0), state["last"]
         self.reset()
         window = state.get("window")
         if window is not None:
@@ -526,6 +554,7 @@ class LFMHeuristic(LFMBase):
 
 
 VAL_OBJECTIVES = ("fused", "fused+modalities")
+VARIANTS = ("exact", "implicit", "official")
 
 
 def validation_loss(out, y: torch.Tensor, objective: str = "fused", modality_weight: float = 1.0) -> torch.Tensor:
@@ -552,7 +581,9 @@ class LFMLearned(LFMBase):
     @dataclass
     class Options(LFMBase.Options):
         variant: str = "exact"
-        """exact: unrolled hypergradient (one step, or `horizon` steps); official: the released code's update."""
+        """exact: unrolled hypergradient (one step, or `horizon` steps); implicit: the implicit-function
+        hypergradient at the training loss's minimum (Neumann series, `neumann_steps` Hessian-vector
+        products per update); official: the released code's update."""
         alpha0: float = 0.5
         """Starting alpha. 0.5 (issue 8, docs/results.md); the released code starts at 0.05 (matching weight 0.95)."""
         alpha_min: float = 0.05
@@ -561,7 +592,23 @@ class LFMLearned(LFMBase):
         every: int = 10
         """Update alpha after every K-th optimiser step."""
         parametrization: str = "clip"
-        """clip (alpha itself, clipped) or sigmoid (a logit)."""
+        """clip (alpha itself, clipped), sigmoid (a logit) or schedule (a learned schedule of the epoch t,
+        logit alpha(t) = a + b log(1 + t), a from alpha0 and b from schedule_slope; alpha_steps.py)."""
+        schedule_slope: float = PAPER_SLOPE
+        """parametrization=schedule: the starting b (1.2 with alpha0 0.37 follows the paper's schedule)."""
+        step: str = "raw"
+        """How a hypergradient moves alpha's parameters: raw (lr_alpha x the gradient), or, free of the
+        learning rate, the loss scale and the gradient norms, sign / rms (step_size x the sign, or the
+        gradient over its running RMS) / cosine (step_size x the cosine of the validation gradient and
+        the step's direction)."""
+        step_size: float = 0.02
+        """step=sign/rms/cosine: the size of one move (in alpha, or in logit units for sigmoid/schedule)."""
+        rms_beta: float = 0.9
+        """step=rms: decay of the running mean of the squared gradient."""
+        neumann_steps: int = 5
+        """variant=implicit: terms J of the Neumann series (J Hessian-vector products per update)."""
+        neumann_lr: float = 0.0
+        """variant=implicit: eta of the series eta sum (I - eta H)^j; 0 = the optimiser's learning rate."""
         horizon: int = 1
         """Differentiate L_val through the last H optimiser steps before each update (forward mode,
         one Hessian-vector product per step of the window after its first); 1 = one-step; capped at every."""
@@ -581,8 +628,12 @@ class LFMLearned(LFMBase):
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
         o = options
-        if o.variant not in ("exact", "official"):
-            raise ConfigError(f"unknown method.variant '{o.variant}'{closest(o.variant, ('exact', 'official'))}")
+        if o.variant not in VARIANTS:
+            raise ConfigError(f"unknown method.variant '{o.variant}'{closest(o.variant, VARIANTS)}")
+        if o.neumann_steps < 0 or o.neumann_lr < 0:
+            raise ConfigError("method.neumann_steps and method.neumann_lr must be >= 0")
+        if o.variant == "implicit" and (o.horizon != 1 or o.hyper_momentum):
+            raise ConfigError("method.horizon and method.hyper_momentum apply to variant=exact, not to implicit")
         if o.every < 1 or o.lr_alpha < 0 or o.official_batch < 1:
             raise ConfigError("method.every and method.official_batch must be >= 1, method.lr_alpha >= 0")
         if o.horizon < 1 or o.warmup < 0 or o.val_modality_weight < 0:
@@ -597,7 +648,8 @@ class LFMLearned(LFMBase):
             self.learner = AlphaLearner(1.0 - o.official_w0, o.official_lr, (0.05, 0.95))
         else:
             self.learner = AlphaLearner(o.alpha0, o.lr_alpha, (o.alpha_min, o.alpha_max), o.parametrization,
-                                        horizon=min(o.horizon, o.every), momentum=o.hyper_momentum)
+                                        horizon=min(o.horizon, o.every), momentum=o.hyper_momentum, step=o.step,
+                                        step_size=o.step_size, rms_beta=o.rms_beta, slope=o.schedule_slope)
         self._pending = False
 
     @property
@@ -605,7 +657,11 @@ class LFMLearned(LFMBase):
         return self.learner.alpha
 
     def _active(self, ctx: StepContext) -> bool:
-        return self.options.variant == "exact" and ctx.epoch >= self.options.warmup
+        return self.options.variant != "official" and ctx.epoch >= self.options.warmup
+
+    def losses(self, out, batch, ctx) -> Losses:
+        self.learner.at(ctx.step / max(ctx.steps_per_epoch, 1))  # a learned schedule moves with the epoch
+        return super().losses(out, batch, ctx)
 
     def _due(self, ctx: StepContext) -> bool:
         """alpha is updated after this step."""
@@ -622,6 +678,8 @@ class LFMLearned(LFMBase):
     def backward(self, losses: Losses, ctx: StepContext) -> None:
         if not self._in_window(ctx):
             return super().backward(losses, ctx)
+        if self.options.variant == "implicit":
+            return self._implicit_update(losses, ctx)
         self.learner.backward(losses.terms["cls"], losses.terms["match"], ctx.params, self.options.loss_scale,
                               reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share))
         self._pending = True
@@ -646,7 +704,35 @@ class LFMLearned(LFMBase):
                 ctx.reduce_weighted([h], val.share)
                 return h
 
-            self.learner.step(val_loss, ctx.optimizer, ctx.params, reduce)
+            self.learner.step(val_loss, ctx.optimizer, ctx.params, reduce,
+                              reduce_grads=lambda tensors: ctx.reduce_weighted(tensors, val.share))
+
+    def _implicit_update(self, losses: Losses, ctx: StepContext) -> None:
+        """variant=implicit, on a due step, before the optimiser's step: p.grad += grad L, and alpha moves
+        by the implicit hypergradient -<grad L_val, H^-1 s (g_cls - g_match)> at the current parameters
+        (the Hessian of this step's training loss, inverted by ``neumann_steps`` terms of the series)."""
+        o, params = self.options, ctx.params
+        cls, match = losses.terms["cls"], losses.terms["match"]
+        total = lfm_objective(cls, match, self.alpha, o.loss_scale)
+        g_total = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
+        d = torch.autograd.grad(o.loss_scale * (cls - match), params, retain_graph=True, allow_unused=True)
+        d = [torch.zeros_like(p) if g is None else g for p, g in zip(params, d)]
+        ctx.reduce_weighted(d, ctx.share)
+        val = ctx.next_val_batch()
+        with evaluation_mode(ctx.model, self):
+            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight)
+        g_val = torch.autograd.grad(val_loss, params, allow_unused=True)
+        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_val)]
+        ctx.reduce_weighted(g_val, val.share)
+        group = ctx.optimizer.param_groups[0]
+        coupled = not (isinstance(ctx.optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay", False))
+        h, cos = neumann_hypergradient(g_total, params, g_val, d, o.neumann_lr or group["lr"], o.neumann_steps,
+                                       damping=group.get("weight_decay", 0.0) if coupled else 0.0,
+                                       reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share))
+        for p, g in zip(params, g_total):
+            if g is not None:
+                p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+        self.learner.update(cos if self.learner.rule == "cosine" else h)
 
     def on_skipped_step(self, ctx: StepContext) -> None:
         self._pending = False
