@@ -181,6 +181,9 @@ def test_validation_loss_by_hand():
     expected = F.cross_entropy(Out.fused, y) + 0.7 * (F.cross_entropy(z1, y) + F.cross_entropy(z2, y)) / 2
     assert float(validation_loss(Out, y, "fused+modalities", 0.7)) == pytest.approx(float(expected), rel=1e-6)
     assert float(validation_loss(Out, y)) == pytest.approx(float(F.cross_entropy(Out.fused, y)), rel=1e-6)
+    worst = max(float(F.cross_entropy(z1, y)), float(F.cross_entropy(z2, y)))
+    assert float(validation_loss(Out, y, "fused+weakest", 0.7)) == pytest.approx(
+        float(F.cross_entropy(Out.fused, y)) + 0.7 * worst, rel=1e-6)
     with pytest.raises(ConfigError, match="fused\\+modalities"):
         validation_loss(Out, y, "fused+modality")
 

@@ -226,6 +226,19 @@ def test_bench_report_bars_and_overlaid_alpha(bench_dir, tmp_path):
         line = lines[run_info(run)["label"]]
         assert_same(line["x"], [float(r["progress"]) for r in rows])
         assert_same(line["y"], [float(r["alpha"]) for r in rows])
+    # alpha by method: the mean of the seeds' alpha on a common progress grid, with the band
+    side = json.loads(plots.sidecar_path(out / "bench_alpha_by_method.png").read_text())
+    (line,) = side["axes"][0]["lines"]
+    assert line["gid"] == "mfeat:pix+fou::lfm-lb" and line["label"] == "lfm-lb (2)"
+    grid = np.asarray(line["x"])
+    curves = []
+    for seed in (0, 1):
+        cols = plots.read_alpha_csv(bench_dir / f"mfeat-pix+fou__lfm-lb__s{seed}" / "alpha.csv")
+        curves.append(np.interp(grid, cols["progress"], cols["alpha"]))
+    assert np.ptp(curves[0]) > 0 and not np.allclose(curves[0], curves[1])  # moved, and differently
+    assert_same(line["y"], list((curves[0] + curves[1]) / 2))
+    data = side["data"]["lines"]["mfeat:pix+fou::lfm-lb"]
+    assert_same(data["low"], list(np.minimum(*curves))) and assert_same(data["high"], list(np.maximum(*curves)))
     # per-run curves overlaid: each is that run's metrics
     side = json.loads(plots.sidecar_path(out / "bench_curves.png").read_text())
     for ax in side["axes"]:

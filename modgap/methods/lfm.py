@@ -553,7 +553,7 @@ class LFMHeuristic(LFMBase):
         self._alpha = 1.0 - self.schedule(ctx.epoch, ctx.epochs, o.w0, o.w1)
 
 
-VAL_OBJECTIVES = ("fused", "fused+modalities")
+VAL_OBJECTIVES = ("fused", "fused+modalities", "fused+weakest")
 VARIANTS = ("exact", "implicit", "official")
 
 
@@ -563,11 +563,14 @@ def validation_loss(out, y: torch.Tensor, objective: str = "fused", modality_wei
     fused:             CE(z, y)
     fused+modalities:  CE(z, y) + modality_weight * (1/M) sum_m CE(z_m, y)   (each modality's own head,
                        so that a step that leaves the weak modality behind costs something)
+    fused+weakest:     CE(z, y) + modality_weight * max_m CE(z_m, y)   (only the modality that is worst on
+                       this batch: the starved one, whatever the others do)
     """
     loss = cross_entropy(out.fused, y)
-    if objective == "fused+modalities":
+    if objective in ("fused+modalities", "fused+weakest"):
         per = [cross_entropy(z, y) for z in out.logits.values()]
-        loss = loss + modality_weight * sum(per) / len(per)
+        extra = sum(per) / len(per) if objective == "fused+modalities" else torch.stack(per).max()
+        loss = loss + modality_weight * extra
     elif objective != "fused":
         raise ConfigError(f"unknown method.val_objective '{objective}'{closest(objective, VAL_OBJECTIVES)}")
     return loss
@@ -613,8 +616,8 @@ class LFMLearned(LFMBase):
         """Differentiate L_val through the last H optimiser steps before each update (forward mode,
         one Hessian-vector product per step of the window after its first); 1 = one-step; capped at every."""
         val_objective: str = "fused"
-        """fused (CE of the fused logits) or fused+modalities (plus val_modality_weight x the mean of
-        each modality's own CE)."""
+        """fused (CE of the fused logits), fused+modalities (plus val_modality_weight x the mean of each
+        modality's own CE) or fused+weakest (plus val_modality_weight x the largest modality CE)."""
         val_modality_weight: float = 1.0
         hyper_momentum: float = 0.0
         """beta of a bias-corrected moving average of the hypergradient that moves alpha (0: the latest)."""

@@ -6,7 +6,8 @@ and, from the checkpoint (best.pt) evaluated on the test split: the modality-gap
 accuracy per modality, Shapley contributions of the modalities and Grad-CAM of ResNet encoders.
 
 A bench folder (run folders below it): the results table (report/tables.py), fused accuracy with
-error bars per method per dataset, per-modality accuracy, every run's alpha overlaid, and per-run
+error bars per method per dataset, per-modality accuracy, alpha(t) per method (mean and band over
+seeds) and every run's alpha overlaid, and per-run
 curves overlaid; ``per_run=True`` adds each run's own section.
 
 Every PNG has a JSON beside it with the data it plots (report/plots.py); report.html embeds the
@@ -234,14 +235,19 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
     if unfinished:
         page.paragraph(f"Not finished: {', '.join(unfinished)}.", note=True)
 
-    alpha_runs = []
+    alpha_runs, by_method = [], {}
     for r in runs:
         if (r / "alpha.csv").exists():
             cols = plots.read_alpha_csv(r / "alpha.csv")
             if cols["alpha"]:
                 alpha_runs.append((infos[r]["label"], cols))
+                by_method.setdefault(infos[r]["data"], {}).setdefault(infos[r]["method"], []).append(cols)
     page.heading("Alpha")
     if alpha_runs:
+        _add_figure(page, plots.alpha_by_method(by_method), out / "bench_alpha_by_method.png",
+                    "alpha(t) of each method (learned, scheduled, constant), one panel per dataset: the mean over "
+                    "its seeds against training progress, the band from the lowest to the highest seed; the "
+                    "number of runs in brackets.", figs)
         _add_figure(page, plots.alpha_curves(alpha_runs, title="alpha during training, every run"),
                     out / "bench_alpha.png", "alpha against training progress (epoch / #epochs), one line per run "
                     "(colour: method; line style: the run within its method).", figs)

@@ -258,6 +258,37 @@ def alpha_curves(runs: Sequence[tuple[str, dict[str, list[float]]]], title: str 
     return fig
 
 
+def alpha_by_method(groups: dict[str, dict[str, Sequence[dict[str, list[float]]]]], points: int = 200) -> Figure:
+    """alpha(t) of each method next to the others, one panel per dataset: the mean over its runs
+    (seeds) on a common grid of training progress, with the band from the lowest to the highest run.
+    ``groups``: dataset -> method label -> the alpha.csv columns of its runs. Lines' gids are
+    "<dataset>::<method>"; fig.modgap_data has the grid and, per line, mean, low, high and #runs."""
+    datasets = sorted(groups)
+    fig = new_figure(6.5 * max(len(datasets), 1), 4.6)
+    axes = np.atleast_1d(fig.subplots(1, max(len(datasets), 1)))
+    grid = np.linspace(0.0, 1.0, points)
+    data: dict[str, Any] = {"progress": grid, "lines": {}}
+    for ax, dataset in zip(axes, datasets):
+        methods = sorted(groups[dataset])
+        for k, method in enumerate(methods):
+            runs = [c for c in groups[dataset][method] if c["alpha"]]
+            if not runs:
+                continue
+            curves = np.stack([np.interp(grid, c["progress"], c["alpha"]) for c in runs])
+            mean, lo, hi = curves.mean(0), curves.min(0), curves.max(0)
+            color, style = COLORS[k % len(COLORS)], LINESTYLES[(k // len(COLORS)) % len(LINESTYLES)]
+            plot_series(ax, grid, mean, f"{method} ({len(runs)})", f"{dataset}::{method}", color=color, ls=style, lw=1.6)
+            if len(runs) > 1:
+                ax.fill_between(grid, lo, hi, color=color, alpha=0.12, lw=0)
+            data["lines"][f"{dataset}::{method}"] = {"mean": mean, "low": lo, "high": hi, "runs": len(runs)}
+        ax.set(xlabel="training progress (epoch / #epochs)", ylabel="alpha (weight on classification)",
+               title=f"alpha by method: {dataset}", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.modgap_data = data
+    return fig
+
+
 def balance_curves(records: Sequence[dict[str, Any]], modalities: Sequence[str], best_epoch: int | None = None,
                    title: str = "") -> Figure:
     """Imbalance ratio (val), per-encoder gradient norm, OGM-GE discrepancy ratio and the val
