@@ -207,22 +207,76 @@ def table(data: str, methods: dict[str, dict[int, dict[str, Any]]], order: list[
 
 
 PAPER = "lfm-h[schedule=paper]"
+TUNING = ("mfeat:pix+fou", "mfeat:fac+mor", "synth-av")
+
+
+FIGURE_METHODS = [*CONSTANTS[:3], PAPER, "lfm-lb", "lfm-lb[alpha0=0.5]", "lfm-lb[step=rms]", "lfm-lb[step=cosine]",
+                  "lfm-lb[parametrization=schedule,alpha0=0.37,step=rms]"]
+
+
+def alpha_figure(folder: Path, png: Path, methods: list[str], datasets=("mfeat:pix+fou", "synth-av")) -> Path:
+    """alpha(t) of each entry next to lfm-h's schedules (report.plots.alpha_by_method), from the
+    alpha.csv of every finished run of those entries."""
+    from modgap.report.plots import alpha_by_method, read_alpha_csv, save_figure
+
+    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for summary in sorted(folder.glob("*/summary.json")):
+        cell_file = summary.parent / "cell.json"
+        cell = json.loads(cell_file.read_text()) if cell_file.exists() else {}
+        data, method = cell.get("data_label"), cell.get("method_label")
+        if data in datasets and method in methods and (summary.parent / "alpha.csv").exists():
+            groups[data][method].append(read_alpha_csv(summary.parent / "alpha.csv"))
+    return save_figure(alpha_by_method({d: dict(m) for d, m in groups.items()}), png)
+
+
+def choose(runs, prefix: str = "lfm-lb", datasets=TUNING) -> tuple[str, str]:
+    """Issue 12's choice of a default among the entries whose label starts with ``prefix`` and that ran
+    on every tuning dataset: the highest mean over the datasets of the mean VALIDATION fused accuracy,
+    each entry over the seeds every such entry has on that dataset (ties: the higher mean validation
+    MAP). Returns (label, table)."""
+    labels = [m for m in runs.get(datasets[0], {}) if m.startswith(prefix)
+              and all(m in runs.get(d, {}) for d in datasets)]
+    if not labels:
+        return "", ""
+    seeds = {d: set.intersection(*(set(runs[d][m]) for m in labels)) for d in datasets}
+    val = lambda m, metric: [mean_sd([runs[d][m][s]["val"]["fused"][metric] for s in seeds[d]])[0] for d in datasets]
+    score = {m: val(m, "acc") for m in labels}
+    tie = {m: sum(val(m, "map")) for m in labels}  # ties (to 1e-9) broken by the mean validation MAP
+    best = max(labels, key=lambda m: (round(sum(score[m]) / len(datasets), 9), tie[m]))
+    lines = [f"### Choice among {prefix} entries: mean validation ACC (%), seeds {sorted(seeds[datasets[0]])} "
+             f"(mfeat) and {sorted(seeds[datasets[-1]])} ({datasets[-1]})", "",
+             "| entry | " + " | ".join(datasets) + " | mean |", "|---|" + "---:|" * (len(datasets) + 1)]
+    for m in sorted(labels, key=lambda m: -sum(score[m])):
+        cells = [pct(v) for v in score[m]] + [pct(sum(score[m]) / len(datasets))]
+        lines.append(f"| {m}{' ◆' if m == best else ''} | " + " | ".join(cells) + " |")
+    return best, "\n".join(lines) + "\n"
+
+
+def starved_view(methods: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """The modality joint training starves: the largest loss of its own head's VALIDATION accuracy
+    from unimodal to joint (without both: ``weak_view``). On synth-av this is audio, the stronger
+    modality alone."""
+    if "unimodal" not in methods or "joint" not in methods:
+        return weak_view(methods)
+    modalities = next(iter(methods["joint"].values()))["modalities"]
+    val = lambda name, m: mean_sd([s["val"][m]["acc"] for s in methods[name].values()])[0]
+    return max(modalities, key=lambda m: val("unimodal", m) - val("joint", m))
 
 
 def bar(runs, picks, label: str) -> str:
     """Issue 12's bar for one entry, per dataset, paired over the seeds both entries have: test ACC
     against the best constant (by validation) and the paper's schedule (mean >= 0 and more seeds won
-    than lost), against joint (mean >= 0), and the weak view's own head and probe as a fraction of
-    the same modality trained alone (unimodal; >= 0.9 asked on synth-av)."""
+    than lost), against joint (mean >= 0), and the starved view's own head and probe (test) as a
+    fraction of the same modality trained alone (unimodal; >= 0.9 asked on synth-av)."""
     acc = lambda r: r["test"]["fused"]["acc"]
     lines = [f"### The bar for {label}", "",
-             "| dataset | seeds | vs best constant | W/T/L | vs lfm-h paper | W/T/L | vs joint | weak head / alone | "
-             "weak probe / alone | met |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| dataset | seeds | vs best constant | W/T/L | vs lfm-h paper | W/T/L | vs joint | starved view | "
+             "its head / alone | its probe / alone | met |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for data in sorted(runs):
         methods = runs[data]
         if label not in methods:
             continue
-        mine, weak = methods[label], picks[data]["weak"]
+        mine, weak = methods[label], starved_view(methods)
         cells, ok = [data, str(len(mine))], True
         for ref in (picks[data]["best_constant"], PAPER):
             if ref not in methods or ref == label:
@@ -239,6 +293,7 @@ def bar(runs, picks, label: str) -> str:
         else:
             cells.append("-")
         alone = methods.get("unimodal", {})
+        cells.append(weak)
         for part in (lambda r: r["test"][weak]["acc"], lambda r: (r.get("probe") or {}).get(weak, math.nan)):
             seeds = sorted(set(mine) & set(alone))
             ratio = (mean_sd([part(mine[s]) for s in seeds])[0] / mean_sd([part(alone[s]) for s in seeds])[0]
@@ -261,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="with --run: epochs (default: the config's 30)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--tune", default="mfeat:pix+fou", help="dataset whose validation picks the lfm-lb default")
+    p.add_argument("--choose", default=None, metavar="PREFIX",
+                   help="rank the entries starting with PREFIX (e.g. lfm-lb) that ran on mfeat pix+fou, fac+mor "
+                        "and synth-av by their mean validation accuracy over the three (issue 12's choice)")
+    p.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                   help="draw alpha(t) by method (mean and band over seeds) on synth-av and mfeat:pix+fou")
+    p.add_argument("--figure-methods", default=";".join(FIGURE_METHODS), metavar="M1;M2",
+                   help="entries drawn by --figure, separated by ';' (default: the references and issue 12's)")
     p.add_argument("--default", default=None, metavar="LABEL",
                    help="check the issue-12 bar for this entry (e.g. lfm-lb): against the best constant, the "
                         "paper's schedule and joint, and its weak view against unimodal")
@@ -276,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     for data in sorted(runs, key=lambda d: (d != args.tune, d)):
         text, picks[data] = table(data, runs[data], METHODS)
         print(text)
+    if args.figure:
+        print(f"wrote {alpha_figure(args.folder, args.figure, args.figure_methods.split(';'))}")
+    if args.choose:
+        best, text = choose(runs, args.choose)
+        print(text or f"no {args.choose} entry ran on all of {', '.join(TUNING)}")
     if args.default:
         print(bar(runs, picks, args.default))
     tuned = picks.get(args.tune, {}).get("best_learned")

@@ -269,7 +269,7 @@ def test_lfm_lb_hooks_give_the_k_step_hypergradient(objective):
             lfm_objective(F.cross_entropy(out.fused, b.y), meth.matching(out), alpha, SCALE).backward()
             opt.step()
         with evaluation_mode(m):
-            return float(validation_loss(m(val.inputs), val.y, objective, 0.5))
+            return float(validation_loss(m(val.inputs), val.y, objective, 0.5).detach())
 
     assert_close(exact, (rerun(0.4 + EPS) - rerun(0.4 - EPS)) / (2 * EPS))
 

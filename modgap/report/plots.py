@@ -264,27 +264,31 @@ def alpha_by_method(groups: dict[str, dict[str, Sequence[dict[str, list[float]]]
     ``groups``: dataset -> method label -> the alpha.csv columns of its runs. Lines' gids are
     "<dataset>::<method>"; fig.modgap_data has the grid and, per line, mean, low, high and #runs."""
     datasets = sorted(groups)
-    fig = new_figure(6.5 * max(len(datasets), 1), 4.6)
+    methods = sorted({m for d in datasets for m in groups[d]})
+    style = {m: {"color": COLORS[k % len(COLORS)], "ls": LINESTYLES[(k // len(COLORS)) % len(LINESTYLES)]}
+             for k, m in enumerate(methods)}  # one style per method in every panel
+    fig = new_figure(6.0 * max(len(datasets), 1), 4.2 + 0.22 * len(methods))
     axes = np.atleast_1d(fig.subplots(1, max(len(datasets), 1)))
     grid = np.linspace(0.0, 1.0, points)
     data: dict[str, Any] = {"progress": grid, "lines": {}}
     for ax, dataset in zip(axes, datasets):
-        methods = sorted(groups[dataset])
-        for k, method in enumerate(methods):
+        for method in sorted(groups[dataset]):
             runs = [c for c in groups[dataset][method] if c["alpha"]]
             if not runs:
                 continue
             curves = np.stack([np.interp(grid, c["progress"], c["alpha"]) for c in runs])
             mean, lo, hi = curves.mean(0), curves.min(0), curves.max(0)
-            color, style = COLORS[k % len(COLORS)], LINESTYLES[(k // len(COLORS)) % len(LINESTYLES)]
-            plot_series(ax, grid, mean, f"{method} ({len(runs)})", f"{dataset}::{method}", color=color, ls=style, lw=1.6)
+            plot_series(ax, grid, mean, f"{method} ({len(runs)})", f"{dataset}::{method}", lw=1.6, **style[method])
             if len(runs) > 1:
-                ax.fill_between(grid, lo, hi, color=color, alpha=0.12, lw=0)
+                ax.fill_between(grid, lo, hi, color=style[method]["color"], alpha=0.12, lw=0)
             data["lines"][f"{dataset}::{method}"] = {"mean": mean, "low": lo, "high": hi, "runs": len(runs)}
         ax.set(xlabel="training progress (epoch / #epochs)", ylabel="alpha (weight on classification)",
                title=f"alpha by method: {dataset}", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        _legend(ax)
+    handles = {h.get_label().rsplit(" (", 1)[0]: h for ax in axes for h in ax.get_lines()}
+    if handles:  # one legend for all panels, below them (the run counts are in each line's label)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=1 if len(datasets) < 2 else 2,
+                   fontsize=8, frameon=False)
     fig.modgap_data = data
     return fig
 
