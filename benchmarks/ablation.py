@@ -229,7 +229,7 @@ def alpha_figure(folder: Path, png: Path, methods: list[str], datasets=("mfeat:p
     return save_figure(alpha_by_method({d: dict(m) for d, m in groups.items()}), png)
 
 
-def choose(runs, prefix: str = "lfm-lb", datasets=TUNING) -> tuple[str, str]:
+def choose(runs, prefix: str = "lfm-lb", datasets=TUNING, full_seeds: bool = False) -> tuple[str, str]:
     """Issue 12's choice of a default among the entries whose label starts with ``prefix`` and that ran
     on every tuning dataset: the highest mean over the datasets of the mean VALIDATION fused accuracy,
     each entry over the seeds every such entry has on that dataset (ties: the higher mean validation
@@ -238,6 +238,9 @@ def choose(runs, prefix: str = "lfm-lb", datasets=TUNING) -> tuple[str, str]:
               and all(m in runs.get(d, {}) for d in datasets)]
     if not labels:
         return "", ""
+    if full_seeds:  # only the entries run on the most seeds of every dataset (e.g. the final 10)
+        most = {d: max(len(runs[d][m]) for m in labels) for d in datasets}
+        labels = [m for m in labels if all(len(runs[d][m]) == most[d] for d in datasets)]
     seeds = {d: set.intersection(*(set(runs[d][m]) for m in labels)) for d in datasets}
     val = lambda m, metric: [mean_sd([runs[d][m][s]["val"]["fused"][metric] for s in seeds[d]])[0] for d in datasets]
     score = {m: val(m, "acc") for m in labels}
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="draw alpha(t) by method (mean and band over seeds) on synth-av and mfeat:pix+fou")
     p.add_argument("--figure-methods", default=";".join(FIGURE_METHODS), metavar="M1;M2",
                    help="entries drawn by --figure, separated by ';' (default: the references and issue 12's)")
+    p.add_argument("--full-seeds", action="store_true",
+                   help="with --choose: only the entries run on the most seeds of every dataset")
     p.add_argument("--default", default=None, metavar="LABEL",
                    help="check the issue-12 bar for this entry (e.g. lfm-lb): against the best constant, the "
                         "paper's schedule and joint, and its weak view against unimodal")
@@ -341,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.figure:
         print(f"wrote {alpha_figure(args.folder, args.figure, args.figure_methods.split(';'))}")
     if args.choose:
-        best, text = choose(runs, args.choose)
+        best, text = choose(runs, args.choose, full_seeds=args.full_seeds)
         print(text or f"no {args.choose} entry ran on all of {', '.join(TUNING)}")
     if args.default:
         print(bar(runs, picks, args.default))

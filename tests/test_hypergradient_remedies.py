@@ -224,7 +224,9 @@ def test_hypergradient_momentum_by_hand():
 def method_problem(options: dict, steps_per_epoch: int = 100, matching: str = "js"):
     modules, train, val, _ = make_problem(2, matching, 12)
     model = modules[0]
-    method = build_method({"name": "lfm-lb", "matching": matching, **options}, ("m0", "m1"), 3,
+    # issue 8's learner (alpha itself, the raw step, the fused objective) unless the options say otherwise
+    base = {"parametrization": "clip", "step": "raw", "val_objective": "fused", "alpha0": 0.5}
+    method = build_method({"name": "lfm-lb", "matching": matching, **base, **options}, ("m0", "m1"), 3,
                           {"m0": 4, "m1": 4}).double()
     params = [*model.parameters(), *method.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)

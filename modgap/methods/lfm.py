@@ -587,20 +587,22 @@ class LFMLearned(LFMBase):
         """exact: unrolled hypergradient (one step, or `horizon` steps); implicit: the implicit-function
         hypergradient at the training loss's minimum (Neumann series, `neumann_steps` Hessian-vector
         products per update); official: the released code's update."""
-        alpha0: float = 0.5
-        """Starting alpha. 0.5 (issue 8, docs/results.md); the released code starts at 0.05 (matching weight 0.95)."""
+        alpha0: float = 0.37
+        """Starting alpha (with parametrization=schedule: alpha at epoch 0). 0.37 with the learned schedule
+        (issue 12: the paper's first-epoch weight, exp(-1)); issue 8's clip learner started at 0.5; the
+        released code starts at 0.05 (matching weight 0.95)."""
         alpha_min: float = 0.05
         alpha_max: float = 1.0
         lr_alpha: float = 1.0
         every: int = 10
         """Update alpha after every K-th optimiser step."""
-        parametrization: str = "clip"
-        """clip (alpha itself, clipped), sigmoid (a logit) or schedule (a learned schedule of the epoch t,
+        parametrization: str = "schedule"
+        """clip (alpha itself, clipped; the default before issue 12), sigmoid (a logit) or schedule (a learned schedule of the epoch t,
         logit alpha(t) = a + b log(1 + t), a from alpha0 and b from schedule_slope; alpha_steps.py)."""
         schedule_slope: float = PAPER_SLOPE
         """parametrization=schedule: the starting b (1.2 with alpha0 0.37 follows the paper's schedule)."""
-        step: str = "raw"
-        """How a hypergradient moves alpha's parameters: raw (lr_alpha x the gradient), or, free of the
+        step: str = "rms"
+        """How a hypergradient moves alpha's parameters: raw (lr_alpha x the gradient; before issue 12), or, free of the
         learning rate, the loss scale and the gradient norms, sign / rms (step_size x the sign, or the
         gradient over its running RMS) / cosine (step_size x the cosine of the validation gradient and
         the step's direction)."""
@@ -615,7 +617,7 @@ class LFMLearned(LFMBase):
         horizon: int = 1
         """Differentiate L_val through the last H optimiser steps before each update (forward mode,
         one Hessian-vector product per step of the window after its first); 1 = one-step; capped at every."""
-        val_objective: str = "fused"
+        val_objective: str = "fused+weakest"
         """fused (CE of the fused logits), fused+modalities (plus val_modality_weight x the mean of each
         modality's own CE) or fused+weakest (plus val_modality_weight x the largest modality CE)."""
         val_modality_weight: float = 1.0
@@ -644,7 +646,7 @@ class LFMLearned(LFMBase):
         if o.val_objective not in VAL_OBJECTIVES:
             raise ConfigError(f"unknown method.val_objective '{o.val_objective}'{closest(o.val_objective, VAL_OBJECTIVES)}")
         if o.variant == "official":
-            remedies = {"horizon": 1, "val_objective": "fused", "hyper_momentum": 0.0, "warmup": 0}
+            remedies = {"horizon": 1, "hyper_momentum": 0.0, "warmup": 0}  # val_objective, step: not used
             changed = [k for k, v in remedies.items() if getattr(o, k) != v]
             if changed:
                 raise ConfigError(f"method.{changed[0]} applies to variant=exact, not to the official reproduction")
