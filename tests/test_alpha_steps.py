@@ -294,3 +294,36 @@ def test_alpha_cannot_be_set_on_a_schedule():
     learner = AlphaLearner(0.4, parametrization="schedule")
     with pytest.raises(ConfigError):
         learner.alpha = 0.5
+
+
+def test_weakest_objective_picks_the_globally_worst_modality():
+    """fused+weakest with ``combine``: the modality whose CE is largest after combining (over
+    processes) is the one differentiated, even where this process alone would pick another."""
+    from types import SimpleNamespace
+
+    from modgap.methods.lfm import validation_loss
+
+    torch.manual_seed(0)
+    y = torch.randint(0, 3, (8,))
+    za, zb = torch.randn(8, 3), torch.randn(8, 3)
+    out = SimpleNamespace(logits={"a": za, "b": zb}, fused=(za + zb) / 2)
+    ce = {k: float(F.cross_entropy(z, y)) for k, z in out.logits.items()}
+    local = max(ce, key=ce.get)
+    other = "b" if local == "a" else "a"
+
+    def combine(values):  # as if the other processes saw the other modality far worse
+        values[0 if other == "a" else 1] += 100.0
+
+    fused = float(F.cross_entropy(out.fused, y))
+    assert float(validation_loss(out, y, "fused+weakest", 0.5)) == pytest.approx(fused + 0.5 * ce[local])
+    assert float(validation_loss(out, y, "fused+weakest", 0.5, combine)) == pytest.approx(fused + 0.5 * ce[other])
+
+
+def test_default_is_the_chosen_learned_schedule():
+    """lfm-lb's defaults are issue 12's choice: a schedule from the paper's first weight, rms steps,
+    the fused + weakest-modality objective (docs/results.md)."""
+    method = build_method({"name": "lfm-lb"}, ("a", "b"), 3, {"a": 4, "b": 4})
+    o = method.options
+    assert (o.parametrization, o.step, o.val_objective, o.step_size) == ("schedule", "rms", "fused+weakest", 0.02)
+    assert method.learner.at(0.0) == pytest.approx(0.37)
+    assert method.learner.at(19.0) == pytest.approx(math.exp(-1 / 20), abs=0.01)

@@ -156,9 +156,14 @@ class AlphaParams:
 
 
 # ------------------------------------------------------------------------ implicit hypergradient
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    return sum((torch.dot(x.reshape(-1), y.to(x).reshape(-1)).double() for x, y in zip(a, b)),
-               torch.zeros((), dtype=torch.float64))
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) as one BLAS dot in the tensors' dtype, returned in float64 (summed over tensors there)."""
+    return torch.dot(a.reshape(-1), b.to(a.dtype).reshape(-1)).double()
+
+
+def dot_all(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum over the pairs of tensors of dot(a_i, b_i), in float64."""
+    return sum((dot(x, y) for x, y in zip(a, b)), torch.zeros((), dtype=torch.float64))
 
 
 def neumann_hypergradient(train_grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
@@ -184,6 +189,6 @@ def neumann_hypergradient(train_grads: Sequence[torch.Tensor], params: Sequence[
             reduce(hv)
         v = [x - eta * (h + damping * x) for x, h in zip(v, hv)]
         total = [t + x for t, x in zip(total, v)]
-    dot = float(_dot(total, d))
-    norm = math.sqrt(float(_dot(total, total)) * float(_dot(d, d)))
-    return -eta * dot, (-dot / norm if norm > 0 else 0.0)
+    value = float(dot_all(total, d))
+    norm = math.sqrt(float(dot_all(total, total)) * float(dot_all(d, d)))
+    return -eta * value, (-value / norm if norm > 0 else 0.0)

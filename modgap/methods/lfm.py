@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError, closest
 from ..registry import Registry
-from .alpha_steps import PAPER_SLOPE, AlphaParams, logit, neumann_hypergradient
+from .alpha_steps import PAPER_SLOPE, AlphaParams, dot as _dot, dot_all, logit, neumann_hypergradient
 from .base import Losses, Method, StepContext, cross_entropy, register
 from .matching import MATCHING
 
@@ -106,11 +106,6 @@ def _sgd_factor(group: dict, pre: dict[str, Any]) -> float:
         slope = (1.0 + mu * buf_slope) if group["nesterov"] else buf_slope
     sign = 1.0 if group.get("maximize", False) else -1.0
     return sign * group["lr"] * slope
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) as one BLAS dot in the tensors' dtype, returned in float64 (summed over tensors there)."""
-    return torch.dot(a.reshape(-1), b.to(a.dtype).reshape(-1)).double()
 
 
 def _sgd_dot(opt, group, p, d, pre, g) -> torch.Tensor:
@@ -250,6 +245,10 @@ class AlphaLearner:
 
     ``momentum`` beta > 0 moves alpha by a bias-corrected exponential average of the hypergradients
     instead of the latest one.
+
+    What alpha is a function of (``parametrization``: clip, sigmoid, or a learned ``schedule`` of the
+    epoch set by ``at(epoch)``) and how a hypergradient moves it (``step``: raw, sign, rms, cosine) are
+    ``AlphaParams``'s (alpha_steps.py, issue 12).
     """
 
     def __init__(self, alpha: float = 0.05, lr: float = 1.0, bounds: tuple[float, float] = (0.05, 1.0),
@@ -434,12 +433,10 @@ class AlphaLearner:
         if reduce_grads is not None:
             reduce_grads(grads)
         direction = self.direction(optimizer, params)
-        dot = sum((_dot(g, v) for g, v in zip(grads, direction)), torch.zeros((), dtype=torch.float64))
-        gg = sum((_dot(g, g) for g in grads), torch.zeros((), dtype=torch.float64))
-        vv = sum((_dot(v, v) for v in direction), torch.zeros((), dtype=torch.float64))
+        value = float(dot_all(grads, direction))
+        norm = math.sqrt(float(dot_all(grads, grads)) * float(dot_all(direction, direction)))
         self.reset()
-        norm = math.sqrt(float(gg) * float(vv))
-        return float(dot) / norm if norm > 0 else 0.0
+        return value / norm if norm > 0 else 0.0
 
     def state_dict(self) -> dict[str, Any]:
         state = {"params": self.params.state_dict(), "epoch": self.epoch, "last": self.last_hypergradient}
@@ -557,7 +554,8 @@ VAL_OBJECTIVES = ("fused", "fused+modalities", "fused+weakest")
 VARIANTS = ("exact", "implicit", "official")
 
 
-def validation_loss(out, y: torch.Tensor, objective: str = "fused", modality_weight: float = 1.0) -> torch.Tensor:
+def validation_loss(out, y: torch.Tensor, objective: str = "fused", modality_weight: float = 1.0,
+                    combine: Callable[[list[torch.Tensor]], None] | None = None) -> torch.Tensor:
     """The outer objective of lfm-lb on a validation batch.
 
     fused:             CE(z, y)
@@ -565,11 +563,19 @@ def validation_loss(out, y: torch.Tensor, objective: str = "fused", modality_wei
                        so that a step that leaves the weak modality behind costs something)
     fused+weakest:     CE(z, y) + modality_weight * max_m CE(z_m, y)   (only the modality that is worst on
                        this batch: the starved one, whatever the others do)
-    """
+
+    ``combine`` (several processes) makes the per-modality CE values global in place before the
+    largest is picked, so every process differentiates the same modality's term."""
     loss = cross_entropy(out.fused, y)
     if objective in ("fused+modalities", "fused+weakest"):
         per = [cross_entropy(z, y) for z in out.logits.values()]
-        extra = sum(per) / len(per) if objective == "fused+modalities" else torch.stack(per).max()
+        if objective == "fused+modalities":
+            extra = sum(per) / len(per)
+        else:
+            values = [p.detach().clone() for p in per]
+            if combine is not None:
+                combine(values)
+            extra = per[max(range(len(per)), key=lambda k: float(values[k]))]
         loss = loss + modality_weight * extra
     elif objective != "fused":
         raise ConfigError(f"unknown method.val_objective '{objective}'{closest(objective, VAL_OBJECTIVES)}")
@@ -703,7 +709,8 @@ class LFMLearned(LFMBase):
         o = self.options
         val = ctx.next_val_batch()
         with evaluation_mode(ctx.model, self):
-            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight)
+            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight,
+                                       combine=lambda values: ctx.reduce_weighted(values, val.share))
 
             def reduce(h: torch.Tensor) -> torch.Tensor:
                 ctx.reduce_weighted([h], val.share)
@@ -725,7 +732,8 @@ class LFMLearned(LFMBase):
         ctx.reduce_weighted(d, ctx.share)
         val = ctx.next_val_batch()
         with evaluation_mode(ctx.model, self):
-            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight)
+            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight,
+                                       combine=lambda values: ctx.reduce_weighted(values, val.share))
         g_val = torch.autograd.grad(val_loss, params, allow_unused=True)
         g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_val)]
         ctx.reduce_weighted(g_val, val.share)
