@@ -327,3 +327,14 @@ def test_default_is_the_chosen_learned_schedule():
     assert (o.parametrization, o.step, o.val_objective, o.step_size) == ("schedule", "rms", "fused+weakest", 0.02)
     assert method.learner.at(0.0) == pytest.approx(0.37)
     assert method.learner.at(19.0) == pytest.approx(math.exp(-1 / 20), abs=0.01)
+
+
+def test_a_checkpoint_of_the_old_learner_is_refused_by_the_schedule_in_one_line():
+    old = {"learner": {"alpha": 0.56, "logit": 0.24, "lr": 1.0, "last": 0.1, "average": 0.0, "updates": 0}}
+    clip = build_method({"name": "lfm-lb", "parametrization": "clip"}, ("a", "b"), 3, {"a": 4, "b": 4})
+    clip.set_extra_state(old)
+    assert clip.alpha == pytest.approx(0.56)
+    method = build_method({"name": "lfm-lb"}, ("a", "b"), 3, {"a": 4, "b": 4})
+    with pytest.raises(ConfigError, match="method.parametrization=clip") as err:
+        method.set_extra_state(old)
+    assert "\n" not in str(err.value)

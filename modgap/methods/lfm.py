@@ -449,6 +449,12 @@ class AlphaLearner:
         if "params" in state:
             self.params.load_state_dict(state["params"])
         else:  # a checkpoint from before issue 12: alpha (clip) or its logit (sigmoid), h's average
+            if self.parametrization == "schedule":
+                raise ConfigError(
+                    "this checkpoint's lfm-lb learned alpha itself (the default before the learned schedule of "
+                    "issue 12) and cannot continue as a schedule: train it again, with --set "
+                    "method.parametrization=clip --set method.step=raw --set method.val_objective=fused "
+                    "--set method.alpha0=0.5 for the old learner")
             self.params.values = [state["logit"] if self.parametrization != "clip" else state["alpha"]]
             self.params.average, self.params.updates = [state.get("average", 0.0)], state.get("updates", 0)
             self.params.lr = state["lr"]
