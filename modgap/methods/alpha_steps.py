@@ -69,7 +69,7 @@ def check(parametrization: str, step: str) -> None:
     if parametrization not in PARAMETRIZATIONS:
         raise ConfigError(f"unknown parametrization '{parametrization}'{closest(parametrization, PARAMETRIZATIONS)}")
     if step not in STEP_RULES:
-        raise ConfigError(f"unknown alpha step '{step}'{closest(step, STEP_RULES)}")
+        raise ConfigError(f"unknown alpha step (method.step) '{step}'{closest(step, STEP_RULES)}")
 
 
 class AlphaParams:
