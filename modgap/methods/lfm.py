@@ -258,7 +258,7 @@ class AlphaLearner:
             raise ConfigError(f"the hypergradient horizon must be >= 1 optimiser step, got {horizon}")
         self.params = AlphaParams(parametrization, alpha, bounds, step, lr, step_size, momentum, rms_beta, slope)
         self.bounds, self.parametrization, self.rule = bounds, parametrization, step
-        self.horizon, self.momentum = horizon, momentum
+        self.horizon = horizon
         self.epoch = 0.0  # where in training the current alpha is used (step / steps per epoch)
         self.last_hypergradient = 0.0
         self._d: list[torch.Tensor | None] | None = None
