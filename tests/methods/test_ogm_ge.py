@@ -34,18 +34,27 @@ def test_scores_ratio_and_coefficient_by_hand():
     assert float(scores["v"]) == pytest.approx(s_v)
     rho = s_a / s_v
     assert rho > 1  # audio dominates
-    k = modulation_coefficients({"a": s_a, "v": s_v}, alpha=0.1)
-    assert k["a"] == pytest.approx(1 - math.tanh(0.1 * (rho - 1)))
+    k = modulation_coefficients({"a": s_a, "v": s_v}, alpha=0.1)  # the default: Eq. 10
+    assert k["a"] == pytest.approx(1 - math.tanh(0.1 * rho))
     assert k["v"] == 1.0
-    paper = modulation_coefficients({"a": s_a, "v": s_v}, alpha=0.1, offset=0.0)  # Eq. 10
-    assert paper["a"] == pytest.approx(1 - math.tanh(0.1 * rho))
-    assert paper["v"] == 1.0
+    continuous = modulation_coefficients({"a": s_a, "v": s_v}, alpha=0.1, offset=1.0)
+    assert continuous["a"] == pytest.approx(1 - math.tanh(0.1 * (rho - 1)))
+    assert continuous["v"] == 1.0
+
+
+def test_default_coefficient_is_the_papers_eq_10():
+    """At rho = 1.5 and a = 0.1 the authors' k is 0.85 (1 - tanh 0.15), not 0.95 (1 - tanh 0.05)."""
+    k = modulation_coefficients({"a": 3.0, "v": 2.0}, alpha=0.1)
+    assert k["a"] == pytest.approx(0.851115, abs=1e-6)
+    assert k["v"] == 1.0
+    k = build_method({"name": "ogm-ge"}, ("a", "v"), C, {"a": 4, "v": 4})
+    assert k.options.offset == 0.0 and k.options.params == "auto" and k.options.noise_std == "grad"
 
 
 def test_three_modalities_compare_with_the_mean_of_the_others():
     k = modulation_coefficients({"a": 6.0, "b": 2.0, "c": 4.0}, alpha=0.5)
-    assert k["a"] == pytest.approx(1 - math.tanh(0.5 * (6.0 / 3.0 - 1)))
-    assert k["c"] == pytest.approx(1 - math.tanh(0.5 * (4.0 / 4.0 - 1)))  # rho = 1: no modulation
+    assert k["a"] == pytest.approx(1 - math.tanh(0.5 * 6.0 / 3.0))
+    assert k["c"] == 1.0  # rho = 4 / mean(6, 2) = 1: not dominant, no modulation
     assert k["b"] == 1.0
 
 
@@ -80,8 +89,11 @@ def step(model, method, ctx, batch):
 
 
 def expected_k(out, batch, alpha=0.1):
-    s = {m: float(v) for m, v in modality_scores(out.logits, batch.y).items()}
-    return modulation_coefficients(s, alpha)
+    """Eq. 10 in plain numpy, independently of modgap's helpers."""
+    y = batch.y.numpy()
+    s = {m: softmax(out.logits[m].detach().numpy())[np.arange(len(y)), y].sum() for m in ("a", "v")}
+    rho = {"a": s["a"] / s["v"], "v": s["v"] / s["a"]}
+    return {m: 1 - math.tanh(alpha * r) if r > 1 else 1.0 for m, r in rho.items()}
 
 
 def test_ogm_scales_only_the_dominant_encoder():
@@ -100,15 +112,24 @@ def test_ogm_scales_only_the_dominant_encoder():
         torch.testing.assert_close(p.grad, before[name] * factor)
 
 
-def test_ge_noise_has_the_std_of_the_scaled_gradient():
-    model, method, ctx, batch = toy({"name": "ogm-ge", "alpha": 0.8}, width=400)
+@pytest.mark.parametrize("noise_std", ["grad", "scaled"])
+def test_ge_noise_has_the_std_of_the_gradient(noise_std):
+    """Released main.py: g * k + N(0, std(g)); noise_std=scaled: the std of k g (an earlier release)."""
+    model, method, ctx, batch = toy({"name": "ogm-ge", "alpha": 0.8, "noise_std": noise_std}, width=400)
+    for _ in range(20):  # audio gets ahead, so that k_a is well below 1 and the two stds differ
+        ctx.optimizer.zero_grad()
+        nn.functional.cross_entropy(model(batch.inputs).fused, batch.y).backward()
+        ctx.optimizer.step()
+    ctx.optimizer.zero_grad()
     ctx.step = 7
     out, before = step(model, method, ctx, batch)
     k = expected_k(out, batch, alpha=0.8)
-    w = "encoders.v.weight"  # 400 x 5 entries
-    scaled = before[w] * k["v"]
+    assert k["a"] < 0.5
+    w = "encoders.a.weight"  # 400 x 6 entries
+    scaled = before[w] * k["a"]
     noise = dict(model.named_parameters())[w].grad - scaled
-    assert float(noise.std()) == pytest.approx(float(scaled.std()), rel=0.1)
+    spread = before[w] if noise_std == "grad" else scaled
+    assert float(noise.std()) == pytest.approx(float(spread.std()), rel=0.1)
     assert abs(float(noise.mean())) < 0.2 * float(scaled.std())
     # the noise depends only on the run's seed and the step: the same step draws the same noise
     for n, p in model.named_parameters():
@@ -117,6 +138,46 @@ def test_ge_noise_has_the_std_of_the_scaled_gradient():
     torch.testing.assert_close(dict(model.named_parameters())[w].grad - scaled, noise)
     # head gradients are never touched
     torch.testing.assert_close(model.fusion.head.weight.grad, before["fusion.head.weight"])
+
+
+class ConvEncoder(nn.Module):
+    """A convolution, a BatchNorm and a linear layer: the released code modulates the first only."""
+
+    def __init__(self, out_dim: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("params", ["auto", "conv", "all"])
+def test_which_parameters_are_modulated(params):
+    """Default (auto): a convolutional encoder has only its kernels scaled, an MLP encoder everything."""
+    torch.manual_seed(0)
+    dims = {"a": 4, "v": 4}
+    model = MultimodalClassifier({"a": ConvEncoder(), "v": Enc(5, 4)}, FUSIONS.get("concat")(dims, C))
+    method = build_method({"name": "ogm-ge", "ge": False, "alpha": 0.8, "params": params}, ("a", "v"), C, dims)
+    ctx = StepContext(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()), epochs=100)
+    y = torch.arange(8) % C
+    x_a = torch.randn(8, 1, 5, 5)
+    batch = Batch({"a": x_a, "v": torch.randn(8, 5)}, y, torch.arange(8))
+    out, before = step(model, method, ctx, batch)
+    k = expected_k(out, batch, alpha=0.8)
+    for name, p in model.named_parameters():
+        m = name.split(".")[1] if name.startswith("encoders.") else None
+        touched = m is not None and (params == "all" or name == "encoders.a.conv.weight" or m == "v" and params == "auto")
+        torch.testing.assert_close(p.grad, before[name] * (k[m] if touched else 1.0))
+
+
+def test_bad_params_option_is_one_line():
+    from modgap.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.params 'convs'.*conv"):
+        build_method({"name": "ogm-ge", "params": "convs"}, ("a", "v"), C, {"a": 4, "v": 4})
 
 
 def test_no_modulation_outside_the_modulation_epochs():
