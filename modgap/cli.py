@@ -225,9 +225,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                 "progress": not args.quiet}}, base=config)
     else:
         config = make_config(args.config, overrides_from_flags(args), args.set)
-    from .methods.base import method_classes
+    from .methods.base import check_method_settings, method_classes
 
     method_classes(config.method["name"])  # an unknown method fails here, before any data is read
+    try:
+        check_method_settings(config.methods)
+    except ConfigError as exc:
+        raise ConfigError(f"{args.config}: {exc}" if args.config else str(exc)) from None
     summary = train(config, out=args.out or config.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
         print(format_summary(summary))

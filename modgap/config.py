@@ -128,6 +128,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "lfm-lb"})
     """`name` plus that method's options (`modgap list methods`)."""
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Options per method name for this setting, e.g. the hyper-parameters a method's paper reports
+    for this dataset (configs/<dataset>.yaml). Those of the method that runs (of each part of a
+    composition) apply under any `method.*` value given explicitly; the others are ignored."""
     out: str | None = None
     """Run folder; default runs/<dataset>-<method>-s<seed>."""
 
@@ -298,7 +302,23 @@ def make_config(file: str | Path | None = None, overrides: dict[str, Any] | None
     except RecursionError:
         raise ConfigError("a value contains itself (a YAML alias cycle) or is nested too deeply") from None
     check(config)
-    return config
+    return dataclasses.replace(config, method=method_with_settings(config.method, config.methods))
+
+
+def method_with_settings(method: dict[str, Any], settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``method`` with the options ``settings`` (the config's ``methods`` section) holds for it.
+
+    Explicit ``method.*`` values win. A composition ``a+b`` gets each part's settings as the nested
+    ``method.a.*`` / ``method.b.*`` mappings its options are written in.
+    """
+    name = str(method["name"])
+    explicit = {k: v for k, v in method.items() if k != "name"}
+    parts = name.split("+")
+    if len(parts) == 1:
+        return {"name": name, **settings.get(name, {}), **explicit}
+    nested = {part: {**settings.get(part, {}), **explicit.pop(part, {})}
+              for part in parts if part in settings or isinstance(explicit.get(part), dict)}
+    return {"name": name, **nested, **explicit}
 
 
 def check(config: Config) -> None:
@@ -334,6 +354,9 @@ def check(config: Config) -> None:
          f"backward can crash for narrow ResNets (see train/precision.py)"),
         (isinstance(config.method.get("name"), str), "method.name must be a string"),
     ]
+    for name, options in config.methods.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"methods.{name}: expected a mapping of that method's options, got {options!r}")
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)

@@ -518,6 +518,10 @@ def test_config_loads(path):
 
     config = make_config(path)
     build_method(config.method, ("audio", "visual"), 6, {"audio": 8, "visual": 8})  # checks method options
+    for name in config.methods:  # every method's settings for this dataset build, with --method NAME
+        chosen = make_config(path, {"method": {"name": name}})
+        assert chosen.method == {"name": name, **config.methods[name]}
+        build_method(chosen.method, ("audio", "visual"), 6, {"audio": 8, "visual": 8})
 
 
 def test_dataset_configs_exist():

@@ -168,6 +168,17 @@ def method_classes(name: str) -> list[type[Method]]:
     return [METHODS.get(part) for part in name.split("+")]
 
 
+def check_method_settings(settings: dict[str, dict[str, Any]]) -> None:
+    """Every entry of a config's ``methods`` section names a method and only that method's options
+    (one line naming ``methods.<name>.<key>`` and the closest valid choice otherwise)."""
+    for name, options in settings.items():
+        try:
+            cls = METHODS.get(name)
+        except ConfigError as exc:
+            raise ConfigError(f"methods.{name}: {exc}") from None
+        build(cls.Options, options, where=f"methods.{name}")
+
+
 def required_fusion(name: str) -> str | None:
     fusions = {c.fusion for c in method_classes(name) if c.fusion}
     if len(fusions) > 1:
