@@ -55,6 +55,7 @@ class StepContext:
     step: int = 0
     """Optimiser steps taken before this one (global, from 0)."""
     steps_per_epoch: int = 1
+    """Optimiser steps per epoch: batches per epoch times ``Method.steps_per_batch()``."""
     share: float = 1.0
     """This process's share of the current global training batch (1 on one process)."""
     next_val_batch: Callable[[], Batch] | None = None
@@ -114,6 +115,11 @@ class Method(nn.Module):
         self.options = options
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
+
+    def steps_per_batch(self) -> int:
+        """Optimiser steps the trainer takes on each training batch, one after another, each with its
+        own forward pass and hooks (1; MLA: one per modality in turn, as its released code does)."""
+        return 1
 
     # ---- hooks -------------------------------------------------------------------------------
     def losses(self, out: ModelOutput, batch: Batch, ctx: StepContext) -> Losses:

@@ -58,6 +58,9 @@ class Composite(Method):
     def first(self) -> Method:
         return self.parts[0]
 
+    def steps_per_batch(self) -> int:
+        return self.first.steps_per_batch()
+
     def losses(self, out, batch, ctx):
         return self.first.losses(out, batch, ctx)
 

@@ -140,7 +140,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, config.optim, config.train.epochs)
         self.state = Progress()
         self._diag: dict[str, list[float]] = {}
-        steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size)
+        steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size) * self.method.steps_per_batch()
         self.ctx = StepContext(self.model, self.optimizer, self.params, epochs=config.train.epochs,
                                steps_per_epoch=steps, next_val_batch=self._next_val_batch,
                                fixed_val_batch=self._fixed_val_batch, iterate=self._iterate,
@@ -283,19 +283,21 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             sums: dict[str, float] = {}
             seen = 0
+            per_batch = self.method.steps_per_batch()
             for batch in self.batches("train", train=True, epoch=epoch):
-                self.ctx.step, self.ctx.share = self.state.step, batch.share
-                terms = self.train_step(batch) or {}
-                n = len(batch) if batch.share else 0  # a padded row (share 0) counts for nothing
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v * n
-                seen += n
-                self.state.step += 1
-                if alpha_log is not None:
-                    alpha_log.add(self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch),
-                                  self.method.alpha)
-                bar.update()
-                fault_point("train_step")
+                for _ in range(per_batch):  # one optimiser step, or several in turn (e.g. MLA's modalities)
+                    self.ctx.step, self.ctx.share = self.state.step, batch.share
+                    terms = self.train_step(batch) or {}
+                    n = len(batch) if batch.share else 0  # a padded row (share 0) counts for nothing
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v * n
+                    seen += n
+                    self.state.step += 1
+                    if alpha_log is not None:
+                        alpha_log.add(self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch),
+                                      self.method.alpha)
+                    bar.update()
+                    fault_point("train_step")
             seen, sums = self._global_sums(seen, sums)
             self.dist.average_buffers(self.model)  # BatchNorm statistics: the same model on every process
             self.scheduler.step()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -45,7 +46,8 @@ def test_projector_is_orthogonal_to_every_stored_direction():
 def test_alternating_steps_do_not_move_the_head_on_the_previous_modality():
     torch.manual_seed(0)
     model = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))
-    method = build_method({"name": "mla", "owm_alpha": 0.0}, ("a", "b"), 2, {"a": 3, "b": 3})
+    method = build_method({"name": "mla", "owm_alpha": 0.0, "owm_order": "project_first", "owm_normalize": False,
+                           "owm_bias": True}, ("a", "b"), 2, {"a": 3, "b": 3})
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     ctx = StepContext(model, opt, list(model.parameters()), steps_per_epoch=4)
     batch = Batch({"a": torch.rand(6, 3), "b": torch.rand(6, 3) + 1}, torch.tensor([0, 1, 0, 1, 1, 0]), torch.arange(6))
@@ -70,6 +72,54 @@ def test_alternating_steps_do_not_move_the_head_on_the_previous_modality():
     assert g.abs().max() > 1e-3
     assert (g @ x_a).abs().max() < 1e-6
     assert torch.allclose(head(batch.inputs["a"].mean(0)), before, atol=1e-6)  # a's output did not move
+
+
+def test_released_projection_by_hand():
+    # defaults (released GSPlugin.before_update, bugs fixed): at step t > 0, with x = batch mean of h and
+    # alpha = 0.1 * 0.1 ** (b / B): P <- P - P x x^T P / (alpha + x^T P x), P <- P / ||P||_F, dW <- dW P;
+    # bias gradient untouched; step 0 left alone. Steps 0 and 1 train a then b on batch 0 of B = 2
+    # (4 optimiser steps per epoch: 2 batches x 2 modalities), step 2 trains a on batch 1.
+    torch.manual_seed(0)
+    model = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))
+    method = build_method({"name": "mla"}, ("a", "b"), 2, {"a": 3, "b": 3})
+    ctx = StepContext(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()), steps_per_epoch=4)
+    batch = Batch({"a": torch.rand(6, 3), "b": torch.rand(6, 3) + 1}, torch.tensor([0, 1, 0, 1, 1, 0]), torch.arange(6))
+    head = model.fusion.head
+    P = np.eye(3)
+    for t in range(3):
+        ctx.step = t
+        model.zero_grad(set_to_none=True)
+        method.losses(model(batch.inputs), batch, ctx).total.backward()
+        gw, gb = head.weight.grad.clone().numpy().astype(np.float64), head.bias.grad.clone()
+        method.after_backward(ctx)
+        if t > 0:
+            x = batch.inputs["ab"[t % 2]].mean(0).numpy().astype(np.float64)
+            alpha = 0.1 * 0.1 ** ((t // 2) / 2)
+            Px = P @ x
+            P = P - np.outer(Px, x @ P) / (alpha + x @ P @ x)
+            P = P / np.sqrt((P ** 2).sum())
+        np.testing.assert_allclose(head.weight.grad.numpy(), gw @ P, rtol=1e-5, atol=1e-7)
+        assert torch.equal(head.bias.grad, gb)
+        method.after_step(ctx)
+    np.testing.assert_allclose(method.projector.numpy(), P, rtol=1e-10, atol=1e-12)
+
+
+def test_released_alternation_takes_one_step_per_modality_on_every_batch(cli, tmp_path):
+    """alternate=batch: M optimiser steps per batch (a, then b, on the same batch); alternate=step: one."""
+    cli.train(tmp_path / "b", "--method", "mla", "--data", "mfeat:pix+fou+mor", epochs=1)
+    cli.train(tmp_path / "s", "--method", "mla", "--data", "mfeat:pix+fou+mor", "--set", "method.alternate=step", epochs=1)
+    from modgap.train.runfolder import load_checkpoint
+
+    steps = {k: load_checkpoint(tmp_path / k / "checkpoints" / "last.pt")["progress"]["step"] for k in "bs"}
+    assert steps["s"] > 10 and steps["b"] == 3 * steps["s"]  # one step per batch, or one per modality
+
+
+def test_fixed_test_fusion():
+    method = build_method({"name": "mla", "test_fusion": "fixed", "fixed_weights": [0.3, 0.7]}, ("a", "b"), 2,
+                          {"a": 3, "b": 3})
+    out = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))(
+        {"a": torch.rand(2, 3), "b": torch.rand(2, 3)})
+    torch.testing.assert_close(method.predict(out), 0.3 * out.logits["a"] + 0.7 * out.logits["b"])
 
 
 def test_round_robin_over_modalities():
