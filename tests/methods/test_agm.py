@@ -99,7 +99,8 @@ def test_scores_and_coefficients_by_hand():
 
 
 def test_after_backward_scales_encoders_and_keeps_running_averages():
-    model, method, ctx, batch = toy({"a": 6, "v": 5}, "concat", {"name": "agm", "alpha": 0.5})
+    model, method, ctx, batch = toy({"a": 6, "v": 5}, "concat",
+                                    {"name": "agm", "alpha": 0.5, "target": "encoders", "grad_clip": 0})
     seen = []
     for step in range(3):
         ctx.step = step
@@ -126,6 +127,61 @@ def test_after_backward_scales_encoders_and_keeps_running_averages():
     fresh = build_method({"name": "agm"}, ("a", "v"), C, {"a": 4, "v": 4})
     fresh.load_state_dict(state)
     assert fresh.averages == pytest.approx(method.averages) and fresh.count == 3
+
+
+def _ce_grad(z, y):
+    """d mean_i CE(z_i, y_i) / dz, by hand: (softmax(z) - onehot(y)) / B."""
+    p = torch.softmax(z, 1)
+    return (p - torch.nn.functional.one_hot(y, z.shape[1]).to(p.dtype)) / len(y)
+
+
+def test_responses_target_scales_each_mono_response_gradient_by_hand():
+    # released GradMod: out = r_a + r_v with r_a's gradient times k_a and r_v's times k_v, the padded
+    # passes (eval mode) differentiated too. Expected gradients from the surrogate sum_m k_m <g, r_m>,
+    # with g = dCE/dz at z = f(a,v) and k_m = exp(alpha (exp(s_other - s_m)... )) worked out here.
+    model, method, ctx, batch = toy({"a": 6, "v": 5}, "concat", {"name": "agm", "alpha": 0.7, "grad_clip": 0})
+    method.averages, method.count = {"a": 1.3, "v": 0.9}, 4
+    y = batch.y
+    out = model(batch.inputs)
+    method.losses(out, batch, ctx).total.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    f_av = model(batch.inputs).fused
+    model.eval()
+    f_a0 = model({"a": batch.inputs["a"], "v": torch.zeros_like(batch.inputs["v"])}).fused
+    f_0v = model({"a": torch.zeros_like(batch.inputs["a"]), "v": batch.inputs["v"]}).fused
+    model.train()
+    r = {"a": 0.5 * (f_av - f_0v + f_a0), "v": 0.5 * (f_av - f_a0 + f_0v)}
+    s = {m: float(-torch.log(torch.softmax(r[m].detach(), 1)[torch.arange(8), y]).mean()) for m in r}
+    k_a = math.exp(0.7 * min(math.exp(0.9 - 1.3) - math.exp(s["v"] - s["a"]), 10))
+    k_v = math.exp(0.7 * min(math.exp(1.3 - 0.9) - math.exp(s["a"] - s["v"]), 10))
+    g = _ce_grad(f_av.detach(), y)
+    ((k_a * g * r["a"]).sum() + (k_v * g * r["v"]).sum()).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, msg=n)
+    assert method.last_coefficients == pytest.approx({"a": k_a, "v": k_v})
+    assert method.averages["a"] == pytest.approx((1.3 * 4 + s["a"]) / 5)
+
+
+def test_modulation_window_is_the_first_twenty_epochs():
+    method = build_method({"name": "agm"}, ("a", "v"), C, {"a": 4, "v": 4})
+    assert [method.active(e) for e in (0, 19, 20)] == [True, True, False]
+
+
+def test_released_gradient_clipping():
+    model, method, ctx, batch = toy({"a": 6, "v": 5}, "concat", {"name": "agm", "grad_clip": 0.5})
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, 0.3)
+    method.clip_gradients(ctx)  # every entry inside [-0.5, 0.5]: untouched
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.3)) for p in params)
+    model.fusion.head.weight.grad[0, 0] = -2.0
+    before = [p.grad.clone() for p in params]
+    norm = math.sqrt(sum(float((g ** 2).sum()) for g in before))
+    method.clip_gradients(ctx)
+    for p, g in zip(params, before):
+        torch.testing.assert_close(p.grad, g * 0.5 / (norm + 1e-6))
 
 
 def test_end_to_end(cli, tmp_path):
