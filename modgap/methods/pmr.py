@@ -1,23 +1,28 @@
 """PMR: Prototypical Modal Rebalance (Fan, Xu, Wang, Wang, Guo, CVPR 2023).
 
-At the start of every epoch, class prototypes per modality are the mean feature of each class over
-the train split (optionally an EMA with the previous ones):  c^m_k = mean_{i: y_i = k} h^m_i.
+Class prototypes per modality are the mean feature of each class, computed at the start of every
+modulation epoch (released code: over the first tenth of a shuffled pass of the train split, model in
+evaluation mode; optionally an EMA with the previous ones):  c^m_k = mean_{i: y_i = k} h^m_i.
 Each modality gets a non-parametric prototypical classifier
 
     q^m_i = softmax_k(-d(h^m_i, c^m_k)),   d = Euclidean distance (the released code; 'squared' optional),
 
 its prototypical cross-entropy PCE^m = mean_i -log q^m_{i, y_i} and its batch score
-s^m = sum_i q^m_{i, y_i}. With two modalities the imbalance ratio is rho = s^a / s^v and
+s^m = sum_i q^m_{i, y_i}. With two modalities the imbalance ratio is rho = s^a / s^v.
+
+rule = "released" (default; main_Prototype_grad.py: train_epoch): a hard switch, no entropy term,
+
+    L = CE(z, y) + alpha * PCE^slower          (the modality with the smaller score; none on a tie)
+
+rule = "paper" (the paper's clipped coefficients and its entropy regulariser PER):
 
     beta^a = clip(1/rho - 1, 0, 1),  beta^v = clip(rho - 1, 0, 1)     (PCE weights: the weaker one)
     gamma^a = clip(rho - 1, 0, 1),   gamma^v = clip(1/rho - 1, 0, 1)  (PER weights: the dominant one)
+    L = CE(z, y) + alpha * sum_m beta^m PCE^m - mu * sum_m gamma^m H(q^m)   (H only for epoch < per_epochs)
 
-    L = CE(z, y) + alpha * sum_m beta^m PCE^m - mu * sum_m gamma^m H(q^m)
-
-PCE/PER act while ``modulation_starts <= epoch <= modulation_ends``; the entropy term (PER, which
-keeps the dominant modality's prototypical distribution flat) only for epochs < ``per_epochs``.
-For M modalities: beta^m = clip(s_max / s^m - 1, 0, 1), gamma^m = clip(s^m / s_min - 1, 0, 1), which
-is the pair above when M = 2.
+PCE/PER act while ``modulation_starts <= epoch <= modulation_ends``. For M modalities: released,
+alpha on every modality scoring below the best; paper, beta^m = clip(s_max / s^m - 1, 0, 1),
+gamma^m = clip(s^m / s_min - 1, 0, 1). Both are the pair above when M = 2.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from .base import Losses, Method, StepContext, cross_entropy, register
 from .lfm import evaluation_mode
 
 DISTANCES = ("euclidean", "squared")
+RULES = ("released", "paper")
+PROTO_PASSES = ("shuffled", "ordered")
 
 
 def prototype_logits(h: torch.Tensor, prototypes: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
@@ -60,6 +67,14 @@ def rebalance_coefficients(scores: dict[str, float]) -> tuple[dict[str, float], 
     return beta, gamma
 
 
+def released_coefficients(scores: dict[str, float]) -> dict[str, float]:
+    """PCE weight (before alpha) of the released code's hard switch: 1 for every modality whose score
+    is below the best one, 0 for the best (and for all on a tie). With two modalities: rho > 1 gives
+    the PCE to v only, rho < 1 to a only, rho = 1 to none (main_Prototype_grad.py: train_epoch)."""
+    s_max = max(scores.values())
+    return {m: 1.0 if s < s_max else 0.0 for m, s in scores.items()}
+
+
 @register
 class PMR(Method):
     name = "pmr"
@@ -67,35 +82,52 @@ class PMR(Method):
 
     @dataclass
     class Options:
+        rule: str = "released"
+        """released: the released code's hard switch (PCE weight alpha on the modality with the lower
+        prototype score, 0 on the other, no entropy term; main_Prototype_grad.py: train_epoch).
+        paper: the paper's clipped coefficients beta = clip(1/rho - 1, 0, 1) on PCE and the entropy
+        regulariser PER (mu, per_epochs) on the dominant modality (modgap's earlier default)."""
         alpha: float = 1.0
-        """Scale of the prototypical CE (PCE) coefficient: the released code's default (--alpha 1.0); its
-        run scripts use 1.0 to 3.0 per dataset and fusion (2.0 for CREMA-D and AVE with concat)."""
+        """Scale of the prototypical CE (PCE): the released code's default (--alpha 1.0); its run
+        scripts (bash.sh) use 1.0 to 5.0 per dataset and fusion (2.0 for CREMA-D / AVE with concat)."""
         mu: float = 0.01
-        """Scale of the prototypical entropy regulariser (PER) on the dominant modality. Not fixed in
-        the released code (which has no PER); 0.01 as in public re-implementations."""
+        """rule=paper only: scale of the prototypical entropy regulariser (PER) on the dominant
+        modality. Not in the released code (no PER); 0.01 as in public re-implementations."""
         per_epochs: int = 10
-        """PER acts in the early epochs only: epoch < per_epochs (paper: "during the early training
-        stage"; 10 as in public re-implementations)."""
+        """rule=paper only: PER acts in the early epochs only, epoch < per_epochs (paper: "during the
+        early training stage"; 10 as in public re-implementations)."""
         modulation_starts: int = 0
         """First epoch with PCE/PER (released run scripts: 0)."""
         modulation_ends: int = 70
-        """Last epoch with PCE/PER, inclusive (released run scripts: 70 of 130 epochs)."""
+        """Last epoch with PCE/PER, inclusive (released run scripts: 70 of 130 epochs; argparse 100)."""
         momentum: float = 0.0
-        """Prototype EMA: c = (1 - momentum) c_new + momentum c_old (released run scripts: 0.0)."""
+        """Prototype EMA: c = (1 - momentum) c_new + momentum c_old (released run scripts: 0.0;
+        argparse default 0.2)."""
         distance: str = "euclidean"
-        """euclidean (released code) or squared (prototypical networks)."""
-        proto_batches: int = 0
-        """Train batches used for the prototypes (0: the whole train split; the released code uses
-        the first tenth of its loader on most datasets)."""
+        """euclidean (released code, EU_dist) or squared (prototypical networks)."""
+        proto_pass: str = "shuffled"
+        """shuffled: prototypes from the epoch's shuffled train batches with training transforms, as
+        the released code's train loader (calculate_prototype); ordered: the train split in order with
+        evaluation transforms (modgap's earlier choice; always the whole split). The model is in
+        evaluation mode in both."""
+        proto_fraction: float = 0.1
+        """shuffled pass only: fraction of the train batches used, at least one batch (released code:
+        the first tenth, all_num // 10 batches). 1.0: the whole train split."""
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.distance not in DISTANCES:
             raise ConfigError(f"unknown method.distance '{options.distance}'{closest(options.distance, DISTANCES)}")
+        if options.rule not in RULES:
+            raise ConfigError(f"unknown method.rule '{options.rule}'{closest(options.rule, RULES)}")
+        if options.proto_pass not in PROTO_PASSES:
+            raise ConfigError(f"unknown method.proto_pass '{options.proto_pass}'{closest(options.proto_pass, PROTO_PASSES)}")
+        if not 0.0 < options.proto_fraction <= 1.0:
+            raise ConfigError("pmr: method.proto_fraction must lie in (0, 1]")
         if not 0.0 <= options.momentum < 1.0:
             raise ConfigError("pmr: method.momentum must lie in [0, 1)")
-        if options.alpha < 0 or options.mu < 0 or options.proto_batches < 0:
-            raise ConfigError("pmr: method.alpha, method.mu and method.proto_batches must be >= 0")
+        if options.alpha < 0 or options.mu < 0:
+            raise ConfigError("pmr: method.alpha and method.mu must be >= 0")
         for m in self.modalities:
             self.register_buffer(f"proto_{m}", torch.zeros(num_classes, feature_dims[m]))
         self.register_buffer("proto_ready", torch.zeros((), dtype=torch.bool))
@@ -105,16 +137,25 @@ class PMR(Method):
         return getattr(self, f"proto_{m}")
 
     # ---- prototypes --------------------------------------------------------------------------
+    def _proto_batches(self, ctx: StepContext):
+        """(batches, how many to use or None for all)."""
+        o = self.options
+        if o.proto_pass == "shuffled" and ctx.train_batches is not None:
+            n = int(o.proto_fraction * ctx.steps_per_epoch + 1e-9)
+            return ctx.train_batches(ctx.epoch), (None if o.proto_fraction >= 1.0 else max(1, n))
+        if ctx.iterate is None:
+            raise RuntimeError("pmr needs ctx.iterate or ctx.train_batches to pass over the train split")
+        return ctx.iterate("train"), None
+
     @torch.no_grad()
     def compute_prototypes(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Class means of every modality's features over the train split (model in evaluation mode)."""
-        if ctx.iterate is None:
-            raise RuntimeError("pmr needs ctx.iterate to pass over the train split")
+        """Class means of every modality's features over (part of) the train split, model in evaluation mode."""
         sums: dict[str, torch.Tensor] = {}
         counts = None
+        batches, limit = self._proto_batches(ctx)
         with evaluation_mode(ctx.model, self):
-            for i, batch in enumerate(ctx.iterate("train")):
-                if self.options.proto_batches and i >= self.options.proto_batches:
+            for i, batch in enumerate(batches):
+                if limit is not None and i >= limit:
                     break
                 feats = ctx.model.encode(batch.inputs)
                 c = torch.bincount(batch.y, minlength=self.num_classes).double()
@@ -122,6 +163,9 @@ class PMR(Method):
                 for m in self.modalities:
                     s = class_sums(feats[m], batch.y, self.num_classes)
                     sums[m] = s if m not in sums else sums[m] + s
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # a pass stopped early releases its loader
         if counts is None:
             raise RuntimeError("pmr: the train split is empty")
         counts = ctx.all_reduce_mean(counts)
@@ -158,11 +202,14 @@ class PMR(Method):
             return Losses(cls, {"cls": cls})
         logits = {m: prototype_logits(out.features[m], self.prototypes(m), o.distance) for m in self.modalities}
         scores = self.scores(logits, batch.y, ctx)
-        beta, gamma = rebalance_coefficients(scores)
+        if o.rule == "released":
+            beta, gamma = released_coefficients(scores), {m: 0.0 for m in self.modalities}
+        else:
+            beta, gamma = rebalance_coefficients(scores)
         pce = sum(beta[m] * F.cross_entropy(logits[m], batch.y) for m in self.modalities)
         total = cls + o.alpha * pce
         terms = {"cls": cls, "pce": pce}
-        if ctx.epoch < o.per_epochs and o.mu > 0:
+        if o.rule == "paper" and ctx.epoch < o.per_epochs and o.mu > 0:
             per = sum(gamma[m] * entropy(logits[m]) for m in self.modalities)
             total = total - o.mu * per
             terms["entropy"] = per

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from modgap.data.base import Batch
 from modgap.methods.base import METHODS, StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusion import FUSIONS
@@ -61,6 +62,35 @@ def test_method_requires_the_cosine_fusion_and_sets_its_scale():
     method.on_epoch_start(ctx)
     assert float(model.fusion.scale) == 20.0
     assert "fusion.scale" in model.state_dict()   # saved with the model, restored on resume
+
+
+def test_method_loss_is_ce_of_summed_scaled_cosines_by_hand():
+    """The method's loss on a fixed batch against the paper's formula worked out in numpy:
+    z_c = sum_m s * <h_m, w_m,c> / (|h_m| |w_m,c|),  L = mean_i -log softmax(z_i)[y_i]  (no bias)."""
+    s = 7.0
+    dims = {"a": 3, "v": 2}
+    fusion = FUSIONS.get("cosine")(dims, C)
+    with torch.no_grad():  # fixed class weights, so the hand computation needs no model internals
+        fusion.weights["a"].copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0]]))
+        fusion.weights["v"].copy_(torch.tensor([[0.0, 3.0], [1.0, -1.0], [-2.0, 0.5]]))
+    model = MultimodalClassifier({m: nn.Identity() for m in dims}, fusion)
+    method = build_method({"name": "mmcosine", "scale": s}, ("a", "v"), C, dims)
+    ctx = StepContext(model, None, list(model.parameters()))
+    method.on_epoch_start(ctx)
+    h = {"a": [[3.0, 4.0, 0.0], [-1.0, 2.0, 2.0]], "v": [[1.0, 1.0], [0.0, -5.0]]}
+    y = [2, 1]
+    batch = Batch({m: torch.tensor(x) for m, x in h.items()}, torch.tensor(y), torch.arange(2))
+    loss = float(method.losses(model(batch.inputs), batch, ctx).total.detach())
+
+    w = {m: fusion.weights[m].detach().numpy().astype(np.float64) for m in dims}
+    expected = 0.0
+    for i in range(2):
+        z = np.zeros(C)
+        for m in dims:
+            x = np.array(h[m][i])
+            z += [s * x @ w[m][c] / (np.linalg.norm(x) * np.linalg.norm(w[m][c])) for c in range(C)]
+        expected += -(z[y[i]] - np.log(np.exp(z).sum())) / 2
+    assert loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_end_to_end(cli, tmp_path):

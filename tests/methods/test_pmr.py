@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,8 +75,9 @@ def _softmax_neg(dists):
 
 
 def test_scores_ratio_coefficients_and_loss_by_hand():
+    """rule=paper: clipped coefficients (paper) and the entropy regulariser on the dominant modality."""
     alpha, mu = 2.0, 0.1
-    model, method, ctx, _, _ = setup(alpha=alpha, mu=mu, per_epochs=5)
+    model, method, ctx, _, _ = setup(rule="paper", alpha=alpha, mu=mu, per_epochs=5)
     method.on_epoch_start(ctx)  # prototypes a: [0,1],[3,1]; b: [1,2],[4,2]
     batch = Batch({"a": t([[0, 1], [3, 2]]), "b": t([[2, 2], [1, 2]])}, torch.tensor([0, 1]), torch.arange(2))
     # Euclidean distances to (class 0, class 1) prototypes
@@ -103,6 +105,70 @@ def test_scores_ratio_coefficients_and_loss_by_hand():
     assert "entropy" not in method.losses(model(batch.inputs), batch, ctx).terms
     ctx.epoch = 71  # past modulation_ends (70): plain CE on the fused logits
     assert float(method.losses(model(batch.inputs), batch, ctx).total.detach()) == pytest.approx(cls, rel=1e-6)
+
+
+def test_released_hard_switch_by_hand():
+    """Default rule (released code, main_Prototype_grad.py: train_epoch): alpha * PCE on the modality
+    whose summed true-class prototype probability is lower, nothing on the other, no entropy term."""
+    alpha = 3.0
+    model, method, ctx, _, _ = setup(alpha=alpha)
+    assert method.options.rule == "released"
+    method.on_epoch_start(ctx)  # prototypes a: [0,1],[3,1]; b: [1,2],[4,2]
+
+    def by_hand(fa, fb, y):
+        """cls + alpha * PCE of the lower-scoring modality, in plain float arithmetic."""
+        q = {}
+        for m, rows, protos in (("a", fa, [[0, 1], [3, 1]]), ("b", fb, [[1, 2], [4, 2]])):
+            q[m] = [_softmax_neg([math.dist(r, c) for c in protos]) for r in rows]
+        score = {m: sum(q[m][i][y[i]] for i in range(len(y))) for m in q}
+        pce = {m: -sum(math.log(q[m][i][y[i]]) for i in range(len(y))) / len(y) for m in q}
+        weight = {"a": alpha if score["a"] < score["b"] else 0.0, "b": alpha if score["b"] < score["a"] else 0.0}
+        return score, weight, sum(weight[m] * pce[m] for m in q)
+
+    for fa, fb in (([[0, 1], [3, 2]], [[2, 2], [1, 2]]),    # a closer to its prototypes: PCE on b
+                   ([[2, 2], [1, 2]], [[1, 2], [4, 3]])):   # b closer: PCE on a
+        y = [0, 1]
+        batch = Batch({"a": t(fa), "b": t(fb)}, torch.tensor(y), torch.arange(2))
+        score, weight, extra = by_hand(fa, fb, y)
+        assert sorted(weight.values()) == [0.0, alpha]
+        out = model(batch.inputs)
+        losses = method.losses(out, batch, ctx)
+        cls = float(F.cross_entropy(out.fused, batch.y).detach())
+        assert method.last["scores"] == pytest.approx(score)
+        assert {m: alpha * b for m, b in method.last["beta"].items()} == weight
+        assert "entropy" not in losses.terms
+        assert float(losses.total.detach()) == pytest.approx(cls + extra, rel=1e-5)
+    # a tie: no PCE at all
+    batch = Batch({"a": t([[0, 1], [3, 1]]), "b": t([[1, 2], [4, 2]])}, torch.tensor([0, 1]), torch.arange(2))
+    out = model(batch.inputs)
+    cls = float(F.cross_entropy(out.fused, batch.y).detach())
+    assert float(method.losses(out, batch, ctx).total.detach()) == pytest.approx(cls, rel=1e-6)
+
+
+def test_shuffled_pass_uses_the_first_tenth():
+    """Released calculate_prototype: the first all_num // 10 batches of the shuffled train loader."""
+    model, method, ctx, _, asked = setup()
+    rng = torch.Generator().manual_seed(0)
+    batches = [Batch({"a": torch.randn(4, 2, generator=rng), "b": torch.randn(4, 2, generator=rng)},
+                     torch.tensor([0, 1, 0, 1]), torch.arange(4)) for _ in range(25)]
+    seen = []
+
+    def train_batches(epoch):
+        seen.append(epoch)
+        return iter(batches)
+
+    ctx.train_batches, ctx.steps_per_epoch, ctx.epoch = train_batches, 25, 3
+    method.on_epoch_start(ctx)
+    assert seen == [3] and asked == []  # the epoch's shuffled pass, not the ordered one
+    for m in "ab":  # 25 // 10 = 2 batches: class k = mean of rows 0/2 (k=0) or 1/3 (k=1) of batches 0 and 1
+        x = torch.cat([batches[0].inputs[m], batches[1].inputs[m]]).numpy()
+        expected = [[(x[k, j] + x[k + 2, j] + x[k + 4, j] + x[k + 6, j]) / 4 for j in range(2)] for k in range(2)]
+        np.testing.assert_allclose(method.prototypes(m).numpy(), expected, atol=1e-6)
+    ctx.steps_per_epoch = 5  # 5 // 10 = 0: still one batch
+    method.on_epoch_start(ctx)
+    x = batches[0].inputs["a"].numpy()
+    np.testing.assert_allclose(method.prototypes("a").numpy(), [[(x[0, j] + x[2, j]) / 2 for j in range(2)],
+                                                                [(x[1, j] + x[3, j]) / 2 for j in range(2)]], atol=1e-6)
 
 
 def test_three_modality_coefficients_reduce_to_the_pair():
