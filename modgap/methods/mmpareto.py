@@ -1,17 +1,24 @@
 """mmpareto: MMPareto, innocent unimodal assistance (Wei & Hu, ICML 2024).
 
 Losses: the fused CE L_f plus each modality's unimodal CE L_m (on its own head). Encoder m's
-parameters theta_m get gradients from two losses, g_f = dL_f/dtheta_m and g_u = dL_m/dtheta_m,
-integrated per encoder (one flattened vector over all of the encoder's parameter tensors):
+parameters theta_m get gradients from two losses, g_f = dL_f/dtheta_m and g_u = dL_m/dtheta_m.
+The weights come from the whole encoder (one flattened vector over all its parameter tensors):
 
     cos(g_f, g_u) >= 0:  a = 1/2                       (no conflict: uniform weights)
     cos(g_f, g_u) <  0:  a = argmin_{a in [0,1]} ||a g_f + (1-a) g_u||^2     (MGDA, two vectors)
                            = clip(<g_u - g_f, g_u> / ||g_f - g_u||^2, 0, 1)
-    h   = 2 (a g_f + (1 - a) g_u)
-    g   = magnitude * ||g_f + g_u|| / ||h|| * h        (direction of h, norm of the plain sum)
 
-Without conflict h = g_f + g_u, so g is the plain sum (times ``magnitude``). Heads (and any
-parameter outside the encoders) get the plain sum of all the losses' gradients.
+and the magnitude is set per block b (``rescale``: each parameter tensor, the released code's
+rule, or the whole encoder as one block), with s_b = g_f,b + g_u,b:
+
+    h_b = 2 (a g_f,b + (1 - a) g_u,b)
+    g_b = magnitude * max(1, ||s_b|| / ||h_b||) * h_b
+
+so g_b has the direction of h_b and at least the norm of the plain sum s_b, times ``magnitude``
+(1.5 in the released code). For the whole encoder ||h|| <= ||s|| always (the min-norm point is
+never longer than s/2), so there the max is the ratio. Without conflict h_b = s_b and
+g_b = magnitude * s_b. Heads (and any parameter outside the encoders) get the plain sum of all
+the losses' gradients.
 
 Implemented in ``backward`` with one ``torch.autograd.grad`` per loss; the gradients are averaged
 over processes (``ctx.all_reduce_mean``) before the cosine and the weights are computed.
@@ -38,19 +45,27 @@ def min_norm_weight(g1: torch.Tensor, g2: torch.Tensor) -> float:
     return min(max(float((-diff * g2).sum()) / denom, 0.0), 1.0)
 
 
-def pareto_combine(g_f: torch.Tensor, g_u: torch.Tensor, magnitude: float = 1.0) -> tuple[torch.Tensor, float, float]:
+def pareto_combine(g_f: torch.Tensor, g_u: torch.Tensor, magnitude: float = 1.0,
+                   spans: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, float, float]:
     """MMPareto's integration of the fused and the unimodal gradient of one encoder.
 
-    Returns (gradient, a, cos): a is the weight on g_f (1/2 without conflict).
+    g_f, g_u: the encoder's flattened gradients. The weights use the whole vectors; the magnitude
+    is set per block ``spans`` (start, end) of the vector (None: one block, the whole encoder):
+    g_b = magnitude * max(1, ||s_b|| / ||h_b||) * h_b with h = 2 (a g_f + (1 - a) g_u), s = g_f + g_u.
+    A block with h_b = 0 gets 0. Returns (gradient, a, cos): a is the weight on g_f (1/2 without conflict).
     """
     n_f, n_u = float(g_f.norm()), float(g_u.norm())
     cos = float((g_f * g_u).sum()) / (n_f * n_u) if n_f > 0 and n_u > 0 else 0.0
     a = min_norm_weight(g_f, g_u) if cos < 0 else 0.5
     h = 2.0 * (a * g_f + (1.0 - a) * g_u)
-    h_norm = float(h.norm())
-    if h_norm == 0.0:
-        return torch.zeros_like(h), a, cos
-    return h * (magnitude * float((g_f + g_u).norm()) / h_norm), a, cos
+    s = g_f + g_u
+    out = torch.zeros_like(h)
+    for start, end in spans if spans is not None else [(0, h.numel())]:
+        h_norm = float(h[start:end].norm())
+        if h_norm == 0.0:
+            continue
+        out[start:end] = h[start:end] * (magnitude * max(1.0, float(s[start:end].norm()) / h_norm))
+    return out, a, cos
 
 
 def _flat(grads, params) -> torch.Tensor:
@@ -65,14 +80,22 @@ class MMPareto(Method):
 
     @dataclass
     class Options:
-        magnitude: float = 1.0
-        """Factor on the norm of the plain sum ||g_f + g_u||: 1 keeps it (the rescaling the paper
-        describes); the released code multiplies by gamma = 1.5 (code/MMPareto.py)."""
+        magnitude: float = 1.5
+        """Factor gamma on the integrated encoder gradient: the released code multiplies by
+        gamma = 1.5 (code/MMPareto.py: train_epoch, ``gamma=1.5``), also without conflict; 1 keeps
+        the norm of the plain sum (modgap's earlier default)."""
+        rescale: str = "tensor"
+        """Blocks whose norm is set to max(||g_f + g_u||, ||h||): "tensor", each parameter tensor
+        of the encoder (the released code: the loop over ``model.named_parameters()``, ``diff > 1``);
+        "encoder", the whole encoder as one vector (modgap's earlier rule). The weights always use
+        the whole encoder."""
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.magnitude <= 0:
             raise ConfigError(f"method.magnitude of mmpareto must be positive, got {options.magnitude}")
+        if options.rescale not in ("tensor", "encoder"):
+            raise ConfigError(f"method.rescale of mmpareto must be 'tensor' or 'encoder', got {options.rescale!r}")
         self.last: dict[str, dict[str, float]] = {}
 
     def losses(self, out, batch, ctx) -> Losses:
@@ -102,7 +125,12 @@ class MMPareto(Method):
             if not spans:
                 continue
             index = torch.cat([torch.arange(a, b, device=combined.device) for a, b in spans])
-            g, a, cos = pareto_combine(flat["cls"][index], flat[f"cls_{m}"][index], self.options.magnitude)
+            blocks, at = [], 0  # the encoder's tensors as blocks of its flattened vector
+            for a, b in spans:
+                blocks.append((at, at + b - a))
+                at += b - a
+            g, a, cos = pareto_combine(flat["cls"][index], flat[f"cls_{m}"][index], self.options.magnitude,
+                                       blocks if self.options.rescale == "tensor" else None)
             combined[index] = g
             self.last[m] = {"weight_fused": a, "cos": cos}
         for p in params:

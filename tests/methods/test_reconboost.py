@@ -1,4 +1,6 @@
-"""ReconBoost: the reconcilement loss on fixed logits by hand; the alternation schedule; frozen learners."""
+"""ReconBoost: the reconcilement loss on fixed logits by hand (the released boosting loss, with its
+mean over classes and the boost rate rho); the alternation schedule; frozen learners; the learnable
+rho in rectification; a fresh optimiser state per phase."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from modgap.cli import main
 from modgap.data.base import Batch
 from modgap.methods.base import StepContext, build_method
 from modgap.methods.reconboost import phase_at, reconcilement_loss
-from modgap.models.classifier import MultimodalClassifier
+from modgap.models.classifier import ModelOutput, MultimodalClassifier
 from modgap.models.fusion import MeanFusion
 
 ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
@@ -32,7 +34,7 @@ def test_reconcilement_loss_by_hand():
     q1 = math.exp(3) / (2 + math.exp(3))
     ce = -(math.log(p0) + math.log(p1)) / 2
     kl = (q0 * (math.log(q0) - math.log(p0)) + q1 * (math.log(q1) - math.log(p1))) / 2
-    total, ce_t, kl_t = reconcilement_loss(z, others, y, w_ce, w_kl)
+    total, ce_t, kl_t = reconcilement_loss(z, others, y, w_ce, w_kl, class_mean=False)
     assert float(ce_t.detach()) == pytest.approx(ce, rel=1e-6)
     assert float(kl_t.detach()) == pytest.approx(kl, rel=1e-6)
     assert float(total.detach()) == pytest.approx(w_ce * ce - w_kl * kl, rel=1e-6)
@@ -85,6 +87,77 @@ def test_stage_updates_one_learner_and_rectification_all():
     assert grads(2) == {"a": False, "b": True}  # stage of b
     out = model(batch.inputs)
     assert torch.allclose(method.predict(out), out.logits["a"] + out.logits["b"])  # the additive ensemble
+
+
+def test_stage_loss_is_the_released_boosting_loss_by_hand():
+    """Default options: per sample -(w1/C) log p_y + (w2/C) q_y log p_y (train.py's boosting_loss,
+    ``.mean(-1)`` over C classes), q = softmax(rho * z_other)_y, rho = 1.5 here; batch mean."""
+    method = build_method({"name": "reconboost", "boost_rate": 1.5}, ("a", "b"), 3, {"a": 4, "b": 4})
+    za = torch.tensor([[1.0, 0.0, -1.0], [0.2, 0.1, 0.4]], requires_grad=True)
+    zb = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 3.0]], requires_grad=True)
+    y = torch.tensor([0, 2])
+    out = ModelOutput({}, {"a": za, "b": zb}, za + zb)
+    batch = Batch({}, y, torch.arange(2))
+    ctx = StepContext(None, None, [], epoch=0, epochs=8)  # epoch 0: stage of "a"
+    p0 = math.e / (math.e + 1 + math.exp(-1))
+    p1 = math.exp(0.4) / (math.exp(0.2) + math.exp(0.1) + math.exp(0.4))
+    q0 = 1 / (2 + math.exp(3.0))  # softmax(1.5 * [0, 2, 0])_0
+    q1 = math.exp(4.5) / (2 + math.exp(4.5))  # softmax(1.5 * [0, 0, 3])_2
+    w1, w2, c = 5.0, 1.0, 3
+    expected = ((-w1 * math.log(p0) + w2 * q0 * math.log(p0)) / c + (-w1 * math.log(p1) + w2 * q1 * math.log(p1)) / c) / 2
+    losses = method.losses(out, batch, ctx)
+    # the released loss has no q log q constant: add it back (it has no gradient)
+    constant = -w2 * (q0 * math.log(q0) + q1 * math.log(q1)) / 2 / c
+    assert float(losses.total.detach()) == pytest.approx(expected + constant, rel=1e-6)
+    losses.total.backward()
+    assert zb.grad is None and method.rho.grad is None  # the others and rho are constants in a stage
+    p = torch.softmax(za.detach(), 1)
+    weight = torch.tensor([w1 - w2 * q0, w1 - w2 * q1])[:, None] / c
+    assert torch.allclose(za.grad, weight * (p - torch.nn.functional.one_hot(y, 3).float()) / 2, atol=1e-6)
+
+
+def test_rectification_learns_the_boost_rate():
+    method = build_method({"name": "reconboost", "stage_epochs": 1, "rectify_epochs": 1}, ("a", "b"), 3,
+                          {"a": 4, "b": 4})
+    assert float(method.rho.detach()) == 1.0 and method.rho.requires_grad
+    za = torch.tensor([[1.0, 0.0, -1.0]])
+    zb = torch.tensor([[0.0, 2.0, 0.0]])
+    y = torch.tensor([0])
+    out = ModelOutput({}, {"a": za, "b": zb}, za + zb)
+    ctx = StepContext(None, None, [], epoch=1, epochs=4)  # epoch 1: rectification
+    loss = method.losses(out, Batch({}, y, torch.arange(1)), ctx).total
+    s = [1.0, 2.0, -1.0]  # z_a + z_b
+    logsum = math.log(sum(math.exp(v) for v in s))
+    assert float(loss.detach()) == pytest.approx(logsum - s[0], rel=1e-6)
+    loss.backward()
+    # dCE/drho = sum_c (softmax(rho s)_c - e_y,c) s_c at rho = 1
+    grad = sum(math.exp(v - logsum) * v for v in s) - s[0]
+    assert float(method.rho.grad) == pytest.approx(grad, rel=1e-6)
+    fixed = build_method({"name": "reconboost", "learn_boost_rate": False, "boost_rate": 2.0}, ("a", "b"), 3,
+                         {"a": 4, "b": 4})
+    assert not any(True for _ in fixed.parameters())
+    assert torch.allclose(fixed.predict(out), 2.0 * (za + zb))
+
+
+def test_optimizer_state_is_cleared_when_a_phase_starts():
+    model = MultimodalClassifier({"a": Lin(), "b": Lin()}, MeanFusion({"a": 4, "b": 4}, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = build_method({"name": "reconboost", "stage_epochs": 2, "rectify_epochs": 1}, ("a", "b"), 3,
+                          {"a": 4, "b": 4})
+    ctx = StepContext(model, opt, list(model.parameters()), epoch=0, epochs=6)
+    cleared = []
+    for epoch in range(6):
+        for p in model.parameters():
+            opt.state[p]["momentum_buffer"] = torch.ones_like(p)
+        ctx.epoch = epoch
+        method.on_epoch_start(ctx)
+        cleared.append(len(opt.state) == 0)
+    assert cleared == [True, False, True, True, False, True]  # stage, stage, rectify, stage, stage, rectify
+    keep = build_method({"name": "reconboost", "reset_optimizer": False}, ("a", "b"), 3, {"a": 4, "b": 4})
+    opt.state[next(model.parameters())]["momentum_buffer"] = torch.ones(1)
+    ctx.epoch = 0
+    keep.on_epoch_start(ctx)
+    assert len(opt.state) > 0
 
 
 def _finite_summary(path):
