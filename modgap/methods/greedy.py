@@ -43,6 +43,7 @@ from .joint import auxiliary_loss
 
 TINY = 1e-30
 REBALANCE_LOSS = ("unimodal", "same")
+NORMAL_LOSS = ("fused", "branches")
 
 
 # ------------------------------------------------------------------- learning speeds and switch
@@ -157,6 +158,11 @@ class Greedy(Method):
         rebalance_loss: str = "unimodal"
         """unimodal: a re-balancing step minimises the re-balanced modality's own CE; same: the
         normal loss, with the other branches' gradients dropped (what a composition does)."""
+        normal_loss: str = "fused"
+        """fused: a normal step minimises CE of the fused logits (late-fusion analogue of the authors'
+        loss, whose branch outputs each see both modalities through MMTM). branches: the authors'
+        literal loss, sum_m CE(z_m) over the per-modality heads (train.py: blend_loss); on modgap's
+        late-fusion models this trains each branch on its own modality only."""
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
@@ -164,6 +170,9 @@ class Greedy(Method):
             raise ConfigError(f"method '{self.name}' balances modalities: it needs at least two")
         if options.threshold < 0 or options.window < 1 or options.warmup_epochs < 0:
             raise ConfigError("method.threshold and method.warmup_epochs must be >= 0, method.window >= 1")
+        if options.normal_loss not in NORMAL_LOSS:
+            raise ConfigError(f"unknown method.normal_loss '{options.normal_loss}'"
+                              f"{closest(options.normal_loss, NORMAL_LOSS)}")
         if options.rebalance_loss not in REBALANCE_LOSS:
             raise ConfigError(f"unknown method.rebalance_loss '{options.rebalance_loss}'"
                               f"{closest(options.rebalance_loss, REBALANCE_LOSS)}")
@@ -195,6 +204,9 @@ class Greedy(Method):
             terms["aux"] = aux
         # with detached per-modality heads z_k carries no gradient to the encoder: keep the normal loss
         if not self.switch.rebalancing or self.options.rebalance_loss == "same" or aux is not None:
+            if self.options.normal_loss == "branches" and aux is None:
+                branches = sum(cross_entropy(out.logits[m], batch.y) for m in self.modalities)
+                return Losses(branches, {"cls": cls.detach(), "branches": branches})
             return Losses(cls if aux is None else cls + aux, terms)
         own = cross_entropy(out.logits[self.modalities[self.switch.target]], batch.y)
         return Losses(own, {"cls": cls.detach()})

@@ -75,7 +75,8 @@ def test_estimate_uses_train_and_val_only_and_updates_at_window_ends():
         asked.append(split)
         return iter([Batch(data[(phase["now"], split)], y, torch.arange(4))])
 
-    method = build_method({"name": "gblend", "estimate_every": 2, "min_overfit": 1e-3}, ("a", "b"), 3, {"a": 3, "b": 3})
+    method = build_method({"name": "gblend", "estimate": "joint", "estimate_every": 2, "min_overfit": 1e-3},
+                          ("a", "b"), 3, {"a": 3, "b": 3})
     model = Passthrough()
     ctx = StepContext(model, None, [], epochs=6, iterate=iterate)
 
@@ -145,3 +146,88 @@ def test_resume_continues_exactly(tmp_path, metrics_of):
     assert main(["train", "--epochs", "2", "--out", str(tmp_path / "part"), *common]) == 0
     assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--epochs", "4", "--quiet"]) == 0
     assert metrics_of(tmp_path / "part") == metrics_of(tmp_path / "full")
+
+
+def _toy():
+    from modgap.config import ModelConfig
+    from modgap.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"a": (5,), "b": (3,)}, 3, ModelConfig(hidden=(8,), feature_dim=4))
+    g = torch.Generator().manual_seed(1)
+    splits = {}
+    for split, n in (("train", 24), ("val", 16)):
+        x = {"a": torch.randn(n, 5, generator=g), "b": torch.randn(n, 3, generator=g)}
+        y = (x["a"][:, 0] > 0).long() + (x["b"][:, 0] > 0).long()
+        splits[split] = [Batch({m: v[i:i + 8] for m, v in x.items()}, y[i:i + 8], torch.arange(i, i + 8))
+                         for i in range(0, n, 8)]
+    return model, splits
+
+
+def test_separate_estimate_trains_one_copy_per_head_and_applies_the_formula():
+    """The paper's estimate: per head, a copy of the model trained on that head's loss alone for n
+    epochs; w_k ~ dG_k / dO_k^2 from its (L_T, L_V) before and after, normalised to sum 1."""
+    model, splits = _toy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    ctx = StepContext(model, optimizer, list(model.parameters()), epochs=4,
+                      iterate=lambda split: iter(splits[split]), train_batches=lambda epoch: iter(splits["train"]))
+    method = build_method({"name": "gblend", "estimate_every": 2, "min_overfit": 1e-6}, ("a", "b"), 3, {"a": 4, "b": 4})
+    ctx.epoch = 0
+    method.on_epoch_start(ctx)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the main model is untouched
+
+    def head(out, k):
+        return out.fused if k == "fused" else out.logits[k]
+
+    def mean_ce(net, split, k):
+        with torch.no_grad():
+            net.eval()
+            total = sum(float(F.cross_entropy(head(net(b.inputs), k), b.y, reduction="sum")) for b in splits[split])
+            net.train()
+        return total / sum(len(b.y) for b in splits[split])
+
+    import copy as _copy
+    raw = {}
+    for k in ("fused", "a", "b"):
+        lt0, lv0 = mean_ce(model, "train", k), mean_ce(model, "val", k)
+        twin = _copy.deepcopy(model)
+        sgd = torch.optim.SGD(twin.parameters(), lr=0.5)
+        for _ in range(2):
+            for b in splits["train"]:
+                sgd.zero_grad()
+                F.cross_entropy(head(twin(b.inputs), k), b.y).backward()
+                sgd.step()
+        lt1, lv1 = mean_ce(twin, "train", k), mean_ce(twin, "val", k)
+        d_g = lv0 - lv1
+        d_o = (lv1 - lt1) - (lv0 - lt0)
+        raw[k] = max(d_g, 0.0) / (d_o * d_o)
+    expected = {k: v / sum(raw.values()) for k, v in raw.items()}
+    assert method.weights == pytest.approx(expected, rel=1e-4)
+    assert method.history[-1]["updated"]
+    ctx.epoch = 1
+    method.on_epoch_start(ctx)  # inside the window: nothing new
+    assert len(method.history) == 1
+
+
+def test_fixed_weights_as_in_the_released_code():
+    """The released code's interface: weights given, loss = w_av CE(z) + sum_m w_m CE(z_m), no estimate."""
+    w = {"fused": 0.356, "a": 0.630, "b": 0.014}  # VMZ gradient_blending.md, Kinetics400 R3D-50 (AV, visual, audio)
+    method = build_method({"name": "gblend", "weights": w}, ("a", "b"), 3, {"a": 3, "b": 3})
+    y = torch.tensor([0, 2])
+    out = ModelOutput({}, {"a": torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+                           "b": torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])},
+                      torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.5, 0.5]]))
+
+    def ce(row, t):
+        return -row[t] + math.log(sum(math.exp(v) for v in row))
+
+    def mean_ce(z):
+        return sum(ce(z[i].tolist(), int(y[i])) for i in range(2)) / 2
+
+    by_hand = 0.356 * mean_ce(out.fused) + 0.630 * mean_ce(out.logits["a"]) + 0.014 * mean_ce(out.logits["b"])
+    assert float(method.losses(out, Batch({}, y, torch.arange(2)), None).total.detach()) == pytest.approx(by_hand, rel=1e-6)
+    method.on_epoch_start(StepContext(None, None, [], epochs=4))  # no estimate, no data touched
+    assert method.weights == w
+    with pytest.raises(Exception):
+        build_method({"name": "gblend", "weights": {"fused": 1.0}}, ("a", "b"), 3, {"a": 3, "b": 3})

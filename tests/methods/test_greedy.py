@@ -162,3 +162,53 @@ def test_three_modalities(cli, tmp_path):
     summary = cli.train(tmp_path / "r", "--data", "mfeat:pix+fou+mor", "--method", "greedy", "--set", "method.warmup_epochs=0")
     assert summary["modalities"] == ["pix", "fou", "mor"]
     assert all(math.isfinite(v) for block in summary["test"].values() for v in block.values())
+
+
+def test_decisions_match_the_authors_rule_in_plain_algebra():
+    """Independent of modgap's helpers: mu_m = sum over normal steps of ||g||^2 / ||w||^2 over encoder
+    m's parameters; the authors' d_BDR = log10(bypass_0 / main_0) - log10(bypass_1 / main_1), with
+    (late-fusion mapping) bypass_0 = mu_1, main_0 = mu_0 and vice versa; |d_BDR| > epsilon starts
+    `window` re-balancing steps for modality 0 when d_BDR > 0, else modality 1 (callbacks.py:
+    Bias_Mitigation_Strong.on_backward_end)."""
+    model, batch, ctx = toy()
+    eps, window = 0.01, 3
+    method = Greedy(Greedy.Options(threshold=eps, window=window, warmup_epochs=0), ("a", "b"), 3, {"a": 4, "b": 4})
+    ctx.epoch = 0
+    mu = [0.0, 0.0]
+    left, target, seen_rebalance = 0, None, False
+    for _ in range(12):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        method.losses(model(batch.inputs), batch, ctx).total.backward()
+        rebalancing = left > 0
+        if not rebalancing:
+            for i, m in enumerate("ab"):
+                ps = list(model.encoders[m].parameters())
+                g2 = sum(float((p.grad ** 2).sum()) for p in ps if p.grad is not None)
+                w2 = sum(float((p.detach() ** 2).sum()) for p in ps)
+                mu[i] += g2 / w2
+        method.after_backward(ctx)
+        ctx.optimizer.step()
+        if rebalancing:
+            seen_rebalance = True
+            left -= 1
+            target = None if left == 0 else target
+        else:
+            bdr = [math.log10(mu[1] / mu[0]), math.log10(mu[0] / mu[1])]  # bypass / main per branch
+            assert method.speeds == pytest.approx(bdr, rel=1e-5)
+            d_bdr = bdr[0] - bdr[1]
+            if abs(d_bdr) > eps:
+                left, target = window, (0 if d_bdr > 0 else 1)
+        assert method.cumulative == pytest.approx(mu, rel=1e-5)
+        assert (method.switch.target, method.switch.left) == (target, left)
+    assert seen_rebalance
+
+
+def test_branches_loss_is_the_authors_sum_of_branch_ce():
+    model, batch, ctx = toy()
+    method = Greedy(Greedy.Options(normal_loss="branches"), ("a", "b"), 3, {"a": 4, "b": 4})
+    out = model(batch.inputs)
+    by_hand = 0.0
+    for m in "ab":
+        z = out.logits[m].detach()
+        by_hand += float((torch.logsumexp(z, 1) - z.gather(1, batch.y[:, None])[:, 0]).mean())
+    assert float(method.losses(out, batch, ctx).total.detach()) == pytest.approx(by_hand, rel=1e-6)
