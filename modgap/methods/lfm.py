@@ -758,7 +758,9 @@ class LFMLearned(LFMBase):
         self._pending = False
         self.learner.reset()  # the window restarts (shorter) at the next step
 
-    def on_epoch_end(self, ctx: StepContext) -> None:
+    def on_epoch_start(self, ctx: StepContext) -> None:
+        """variant=official: the released update, before each epoch's training (epoch 0 included), of
+        the UNSCALED objective alpha L_cls + w L_match (Crema_epoch_learnable.py: getAlpha_Learnable)."""
         if self.options.variant != "official":
             return
         o = self.options
@@ -766,7 +768,7 @@ class LFMLearned(LFMBase):
         with evaluation_mode(ctx.model, self):
             out = ctx.model(batch.inputs)
             cls, match = cross_entropy(out.fused, batch.y), self.matching(out)
-            g = official_matching_gradient(cls, match, self.alpha, o.loss_scale, ctx.params)
+            g = official_matching_gradient(cls, match, self.alpha, 1.0, ctx.params)
         g = float(ctx.all_reduce_mean(g.detach()))
         lr = o.official_lr * 0.5 ** (ctx.epoch // o.official_halve_every)
         ok = math.isfinite(g) and not math.isnan(lr * g)  # inf * 0 (official_lr = inf, g = 0): no step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +83,24 @@ def test_three_modalities(cli, tmp_path):
 def test_ume_after_another_method_is_refused(cli, tmp_path):
     code, _, err = cli("train", "--method", "joint+ume", "--epochs", "1", "--out", str(tmp_path / "r"), *TINY, *NO_PROBE)
     assert code == 2 and "method 'ume'" in err and "must come first" in err
+
+
+def test_formula_on_fixed_numbers_worked_out_by_hand():
+    """train: sum_m CE(z_m, y); predict: mean of logits, or log of the mean of the softmaxes.
+
+    z_a = [0, ln 3, 0] -> softmax [1/5, 3/5, 1/5];  z_b = [ln 2, ln 2, 0] -> softmax [2/5, 2/5, 1/5]
+    y = 0: loss = -ln(1/5) - ln(2/5); probs ensemble = [3/10, 5/10, 2/10];
+    logits ensemble = [ln 2 / 2, (ln 3 + ln 2) / 2, 0].
+    """
+    from modgap.models.classifier import ModelOutput
+
+    za = torch.tensor([[0.0, math.log(3.0), 0.0]])
+    zb = torch.tensor([[math.log(2.0), math.log(2.0), 0.0]])
+    out = ModelOutput({}, {"a": za, "b": zb}, (za + zb) / 2)
+    batch = Batch({"a": torch.zeros(1, 1), "b": torch.zeros(1, 1)}, torch.tensor([0]), torch.arange(1))
+    method = UniModalEnsemble(UniModalEnsemble.Options(), MODS, 3, {m: 4 for m in MODS})
+    loss = method.losses(out, batch, StepContext(None, None, [])).total
+    assert loss.item() == pytest.approx(-math.log(1 / 5) - math.log(2 / 5), rel=1e-6)
+    assert torch.allclose(ume("probs").predict(out).exp(), torch.tensor([[0.3, 0.5, 0.2]]), atol=1e-6)
+    want = torch.tensor([[math.log(2.0) / 2, (math.log(3.0) + math.log(2.0)) / 2, 0.0]])
+    assert torch.allclose(ume("logits").predict(out), want, atol=1e-6)

@@ -176,3 +176,47 @@ def test_as_a_later_part_it_adds_the_same_distillation_gradient():
 def test_composes_with_lfm_lb(cli, tmp_path):
     summary = cli.train(tmp_path / "r", "--method", "lfm-lb+umt", "--set", "method.teacher_epochs=1", epochs=1)
     assert math.isfinite(summary["test"]["fused"]["acc"])
+
+
+class _FixedTeachers:
+    """Stands in for the frozen teachers: fixed teacher features, whatever the inputs."""
+
+    def __init__(self, features):
+        self._features = features
+
+    def features(self, inputs):
+        return {m: t.clone() for m, t in self._features.items()}
+
+
+def test_formula_on_fixed_numbers_worked_out_by_hand():
+    """L = CE(z, y) + lambda * sum_m mean((h_m - t_m)^2), numbers from the paper's formula by hand.
+
+    a: h - t = [[1, 0], [0, 2]]          -> MSE = (1 + 0 + 0 + 4) / 4 = 1.25
+    b: h - t = [[0, -1, 0], [0, 0, 2]]   -> MSE = (1 + 4) / 6 = 5/6
+    fused z = [[0, ln 3], [ln 4, 0]], y = [1, 0] -> CE = (-ln 3/4 - ln 4/5) / 2
+    lambda = 2 -> total = CE + 2 * (1.25 + 5/6); d total / d h_a = 2 * 2 (h_a - t_a) / 4.
+    """
+    from modgap.models.classifier import ModelOutput
+
+    h_a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    h_b = torch.tensor([[1.0, 0.0, -1.0], [2.0, 2.0, 2.0]], requires_grad=True)
+    t_a = torch.tensor([[0.0, 2.0], [3.0, 2.0]])
+    t_b = torch.tensor([[1.0, 1.0, -1.0], [2.0, 2.0, 0.0]])
+    fused = torch.tensor([[0.0, math.log(3.0)], [math.log(4.0), 0.0]])
+    y = torch.tensor([1, 0])
+    method = UniModalTeacher(UniModalTeacher.Options(distill_weight=2.0), MODS, 2, {"a": 2, "b": 3})
+    method.teachers = _FixedTeachers({"a": t_a, "b": t_b})
+    out = ModelOutput({"a": h_a, "b": h_b}, {"a": fused, "b": fused}, fused)
+    batch = Batch({"a": torch.zeros(2, 1), "b": torch.zeros(2, 1)}, y, torch.arange(2))
+    model = torch.nn.Module()
+    model.fusion = torch.nn.Identity()  # a fusion without detached heads: no auxiliary term
+    losses = method.losses(out, batch, StepContext(model, None, []))
+
+    ce = (-math.log(3 / 4) - math.log(4 / 5)) / 2
+    assert losses.terms["cls"].item() == pytest.approx(ce, rel=1e-6)
+    assert losses.terms["distill_a"].item() == pytest.approx(1.25, rel=1e-6)
+    assert losses.terms["distill_b"].item() == pytest.approx(5 / 6, rel=1e-6)
+    assert losses.total.item() == pytest.approx(ce + 2.0 * (1.25 + 5 / 6), rel=1e-6)
+    losses.total.backward()
+    assert torch.allclose(h_a.grad, torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # 2 * 2 * (h - t) / 4
+    assert torch.allclose(h_b.grad, torch.tensor([[0.0, -2.0, 0.0], [0.0, 0.0, 4.0]]) / 3)  # 2 * 2 * (h - t) / 6
