@@ -5,7 +5,8 @@ NeurIPS 2024) with heuristic (lfm-h) and learned (lfm-lb) weights, its baselines
 evaluation protocol. Public API:
 
     from modgap import Config, make_config, fit             # the trainer, as `modgap train` runs it
-    from modgap.methods.lfm import lfm_objective, matching_weight, AlphaLearner   # in your own loop
+    from modgap.methods.hypergrad import lfm_objective, AlphaLearner   # in your own loop
+    from modgap.methods.schedules import matching_weight
     from modgap.methods.matching import js_divergence, info_nce
 """
 

@@ -28,7 +28,7 @@ from .config import dotted_to_nested, parse_value
 from .errors import ConfigError
 from .methods.base import method_classes
 from .report.tables import collect
-from .train.runfolder import atomic_write_text
+from .runs import RunFolder, atomic_write_text
 
 
 @dataclass
@@ -106,19 +106,18 @@ def cell_command(cell: Cell, out: Path, config: str | None, epochs: int | None, 
 
 def run_cell(cell: Cell, root: Path, config, epochs, general, method_options) -> tuple[Cell, str]:
     out = root / cell.name
-    if (out / "summary.json").exists():
+    run = RunFolder(out)
+    if run.finished():
         return cell, "done before"
     name, options = parse_method(cell.method)
     options = {**method_options.get(name, {}), **options}
-    resume = (out / "checkpoints" / "last.pt").exists()
+    resume = run.resumable()
     if resume:
         cmd = [sys.executable, "-m", "modgap", "train", "--out", str(out), "--resume", "--quiet"]
         if epochs is not None:
             cmd += ["--epochs", str(epochs)]
     else:
-        if (out / "config.yaml").exists():  # started but killed before its first checkpoint
-            for leftover in ("config.yaml", "splits.json", "metrics.jsonl", "alpha.csv", ".lock"):
-                (out / leftover).unlink(missing_ok=True)
+        run.clear_unstarted()  # started but killed before its first checkpoint: start over
         cmd = cell_command(cell, out, config, epochs, general, name, options)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cell.json", json.dumps({"data_label": cell.data, "method_label": cell.method,

@@ -342,7 +342,7 @@ def cmd_shapley(args: argparse.Namespace) -> int:
     from .report.checkpoint import load_trained
     from .report.plots import save_figure, shapley_figure
     from .report.shapley import modality_shapley, shapley_markdown
-    from .train.runfolder import atomic_write_text
+    from .runs import atomic_write_text
 
     trainer = load_trained(args.run, args.checkpoint, threads=args.threads)
     result = modality_shapley(trainer, args.split, args.replace)
@@ -392,7 +392,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 def cmd_list(what: str) -> int:
     from .data import DATASETS
     from .methods import METHODS
-    from .methods.lfm import SCHEDULES
+    from .methods.schedules import SCHEDULES
     from .methods.matching import MATCHING
     from .models import ENCODERS, FUSIONS
 

@@ -21,7 +21,7 @@ from modgap.data.base import Batch
 from modgap.errors import ConfigError
 from modgap.methods import build_method
 from modgap.methods.alpha_steps import AlphaParams, neumann_hypergradient
-from modgap.methods.lfm import AlphaLearner, lfm_objective
+from modgap.methods.hypergrad import AlphaLearner, lfm_objective
 from modgap.methods.matching import js_divergence
 
 
@@ -301,7 +301,7 @@ def test_weakest_objective_picks_the_globally_worst_modality():
     processes) is the one differentiated, even where this process alone would pick another."""
     from types import SimpleNamespace
 
-    from modgap.methods.lfm import validation_loss
+    from modgap.methods.hypergrad import validation_loss
 
     torch.manual_seed(0)
     y = torch.randint(0, 3, (8,))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modgap.methods.lfm import matching_weight
+from modgap.methods.schedules import matching_weight
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 23  # mfeat: 1440 training rows in batches of 64

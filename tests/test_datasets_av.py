@@ -514,7 +514,7 @@ def test_sound_from_video_with_ffmpeg(tmp_path):
 # ------------------------------------------------------------------------------ configs
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_config_loads(path):
-    from modgap.methods.base import build_method
+    from modgap.methods import build_method
 
     config = make_config(path)
     build_method(config.method, ("audio", "visual"), 6, {"audio": 8, "visual": 8})  # checks method options

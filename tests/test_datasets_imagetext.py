@@ -292,7 +292,7 @@ def test_food101_bad_input_and_header(tmp_path, tiny_bert):
 
 def test_configs_load():
     from modgap.config import make_config
-    from modgap.methods.base import build_method
+    from modgap.methods import build_method
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for name, modalities in (("twitter2015", ("image", "text")), ("sarcasm", ("image", "text")),

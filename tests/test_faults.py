@@ -1,6 +1,6 @@
 """Kill -9 at chosen and at random points, then `modgap train --resume`: the run ends as if never killed.
 
-The kill points come from modgap/train/faults.py (MODGAP_FAULT="point:count"): each killed run is a real
+The kill points come from modgap/faults.py (MODGAP_FAULT="point:count"): each killed run is a real
 subprocess that SIGKILLs itself there. After each kill the run folder must hold only whole files (every
 checkpoint passes its checksum, summary/config/splits parse, metrics lines are whole) plus, at most,
 ``.*.tmp`` leftovers and the stale ``.lock``; the resume cleans both away and the final summary (timing
@@ -24,7 +24,7 @@ import yaml
 
 from conftest import NO_PROBE, TINY, read_metrics
 from modgap.cli import main
-from modgap.train.runfolder import load_checkpoint
+from modgap.runs import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from modgap.config import ModelConfig
-from modgap.methods.lfm import AlphaLearner, lfm_objective, official_matching_gradient
+from modgap.methods.hypergrad import AlphaLearner, lfm_objective, official_matching_gradient
 from modgap.methods.matching import MATCHING
 from modgap.models import build_model
 

@@ -22,12 +22,8 @@ from test_hypergradient import toy
 from modgap.data.base import Batch
 from modgap.errors import ConfigError
 from modgap.methods import StepContext, build_method
-from modgap.methods.lfm import (
-    AlphaLearner,
-    evaluation_mode,
-    lfm_objective,
-    validation_loss,
-)
+from modgap.methods.base import evaluation_mode
+from modgap.methods.hypergrad import AlphaLearner, lfm_objective, validation_loss
 
 SCALE = 2.0
 EPS = 1e-5

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modgap.errors import ConfigError
-from modgap.methods.lfm import POLY, SCHEDULES, matching_weight
+from modgap.methods.schedules import POLY, SCHEDULES, matching_weight
 from modgap.methods.matching import MATCHING, InfoNCEMatching, JSMatching, info_nce, js_divergence
 from modgap.models.classifier import ModelOutput
 

@@ -15,9 +15,9 @@ import torch
 
 from modgap.config import Config, build, make_config
 from modgap.errors import ConfigError
-from modgap.methods.lfm import AlphaLearner
+from modgap.methods.hypergrad import AlphaLearner
 from modgap.train.precision import LossScale, Precision, channels_last
-from modgap.train.runfolder import load_checkpoint
+from modgap.runs import load_checkpoint
 from modgap.train.trainer import Trainer
 
 MLP = {"hidden": [16], "feature_dim": 8}

@@ -39,10 +39,10 @@ from modgap.cli import main
 from modgap.config import Config
 from modgap.errors import ConfigError
 from modgap.methods.base import METHODS, method_classes
-from modgap.methods.lfm import AlphaLearner
-from modgap.train import runfolder
-from modgap.train.faults import _parse, fault_point
-from modgap.train.runfolder import load_checkpoint
+from modgap.methods.hypergrad import AlphaLearner
+from modgap import runs
+from modgap.faults import _parse, fault_point
+from modgap.runs import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 LFM = ["--method", "lfm-lb", "--set", "method.every=4", "--set", "method.lr_alpha=5"]
@@ -118,7 +118,7 @@ def test_fault_hook_is_inert_unless_asked(monkeypatch):
 # ------------------------------------------------------------------------ full and unwritable disks
 def test_low_disk_space_is_refused_before_training(tmp_path, monkeypatch):
     free = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(runfolder.shutil, "disk_usage", lambda p: free._replace(free=1 << 20))
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda p: free._replace(free=1 << 20))
     run = tmp_path / "r"
     code, _, err = run_cli(*train_argv(run, *LFM))
     one_line_error(code, err, str(run), "1 MiB free", "checkpoints")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modgap.errors import RunFolderError
-from modgap.train.runfolder import load_checkpoint
+from modgap.runs import load_checkpoint
 
 STEPS_PER_EPOCH = 23  # mfeat: 1440 training rows in batches of 64
 # lr drops at epoch 2 and 4 (so the scheduler state must survive a resume)

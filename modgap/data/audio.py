@@ -60,7 +60,6 @@ Deliberate, documented deviations from the reference implementations:
 from __future__ import annotations
 
 import abc
-import difflib
 import math
 import os
 import wave as _wave
@@ -71,7 +70,8 @@ import numpy as np
 import scipy.io.wavfile
 import scipy.signal
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, closest
+from ..registry import Registry
 
 __all__ = [
     "AUDIO_PRESETS",
@@ -539,18 +539,18 @@ class KaldiFbankPreset(AudioPreset):
         return ((out - self.norm_mean) / (self.norm_std * 2.0)).astype(np.float32)
 
 
-AUDIO_PRESETS: dict[str, AudioPreset] = {
-    p.name: p
-    for p in (
-        TiledSTFTPreset("ogmge_stft", sample_rate=22050, num_samples=3 * 22050,
-                        n_fft=512, hop_length=353),
-        TiledSTFTPreset("lfm_stft", sample_rate=22050, num_samples=20 * 22050,
-                        n_fft=512, hop_length=353),
-        KaldiFbankPreset("ast_fbank"),
-        CroppedSTFTPreset("vggsound_stft", sample_rate=16000, min_samples=10 * 16000,
-                          crop_samples=5 * 16000, n_fft=256, hop_length=128),
-    )
-}
+AUDIO_PRESETS: Registry[AudioPreset] = Registry("audio preset")
+for _preset in (
+    TiledSTFTPreset("ogmge_stft", sample_rate=22050, num_samples=3 * 22050,
+                    n_fft=512, hop_length=353),
+    TiledSTFTPreset("lfm_stft", sample_rate=22050, num_samples=20 * 22050,
+                    n_fft=512, hop_length=353),
+    KaldiFbankPreset("ast_fbank"),
+    CroppedSTFTPreset("vggsound_stft", sample_rate=16000, min_samples=10 * 16000,
+                      crop_samples=5 * 16000, n_fft=256, hop_length=128),
+):
+    AUDIO_PRESETS.register(_preset.name)(_preset)
+del _preset
 
 
 class UnknownAudioPresetError(ConfigError, KeyError):
@@ -568,12 +568,9 @@ def get_audio_preset(name: str) -> AudioPreset:
         UnknownAudioPresetError: (a ``KeyError``) listing the valid names and
             the closest match.
     """
-    try:
-        return AUDIO_PRESETS[name]
-    except (KeyError, TypeError):
-        pass
-    valid = sorted(AUDIO_PRESETS)
-    close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if isinstance(name, str) and name in AUDIO_PRESETS:
+        return AUDIO_PRESETS.get(name)
+    hint = closest(str(name), AUDIO_PRESETS)
+    hint = hint if "did you mean" in hint else ""  # every name is listed after it anyway
     raise UnknownAudioPresetError(
-        f"unknown audio preset {name!r}{hint}; valid names: {', '.join(valid)}")
+        f"unknown audio preset {name!r}{hint}; valid names: {', '.join(AUDIO_PRESETS)}")

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..errors import DataError
 from .kinds import IMAGE_SUFFIXES
-from .prepare import RawFormat, RawIndex, RawSample, file_sha256, register_raw
+from .prepare import RawFormat, RawIndex, RawSample, register_raw
+from .prepared_format import file_sha256
 
 CLASSES = [
     "apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad", "beignets",

@@ -48,8 +48,9 @@ from ..config import DataConfig
 from ..errors import DataError, closest
 from .base import SPLITS, MultimodalDataset
 from .kinds import IMAGE_SUFFIXES
-from .prepare import FORMAT_VERSION, RAW_FORMATS, RawFormat, RawIndex, RawSample, file_sha256, prepare
+from .prepare import RAW_FORMATS, RawFormat, RawIndex, RawSample, prepare
 from .prepared import PreparedDataset
+from .prepared_format import FORMAT_VERSION, file_sha256
 from .registry import DATASETS
 from .splits import stratified_carve
 from .tables import class_list

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .kinds import KINDS, FramesKind, folder_frames, video_frames_1fps
-from .prepare import RawFormat, RawIndex, RawSample, file_sha256, register_raw
+from .prepare import RawFormat, RawIndex, RawSample, register_raw
+from .prepared_format import file_sha256
 
 CLASSES = [f"class_{i:02d}" for i in range(1, 26)]
 FILES = (("train", "nvgesture_train_correct_cvpr2016_v2.lst"), ("test", "nvgesture_test_correct_cvpr2016_v2.lst"))

@@ -4,8 +4,8 @@ A dataset family describes its raw layout with a ``RawFormat`` (one file per fam
 with ``@register_raw``): which modalities of which kind, and ``index(src)``, the list of samples with
 their raw sources, labels and official splits, plus every listed id that has no raw files. The
 rest is shared: processing in parallel with a progress bar, stop-or-skip on bad input, the
-validation carve-out, and the folder (see prepared.py), written beside its target and renamed into
-place only when complete, so an existing prepared folder is never half-overwritten.
+validation carve-out, and the folder (its files: prepared_format.py), written beside its target
+and renamed into place only when complete, so an existing prepared folder is never half-overwritten.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import ConfigError, DataError, ModgapError
 from ..registry import Registry
-from ..train.runfolder import process_alive
+from ..runs import process_alive
 from .base import SPLITS
 from .kinds import KINDS, ModalityKind
+from .prepared import PreparedLoader
+from .prepared_format import (CLASSES_FILE, FORMAT_VERSION, MANIFEST_FILE, SAMPLES_FILE, SKIPPED_FILE, SPLITS_FILE,
+                              array_file, count_file, file_sha256)
 from .registry import DATASETS
 from .splits import make_splits
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -102,8 +103,6 @@ RAW_FORMATS: Registry[RawFormat] = Registry("dataset")
 
 def register_raw(cls: type[RawFormat]) -> type[RawFormat]:
     """Register a raw format for `modgap prepare` and its prepared folders for `--data NAME:DIR`."""
-    from .prepared import PreparedLoader
-
     RAW_FORMATS.register(cls.name)(cls())
     DATASETS.register(cls.name)(PreparedLoader(cls.name, cls.summary, set(cls.modalities)))
     return cls
@@ -115,14 +114,6 @@ def bundled_split(dataset: str, filename: str) -> tuple[list[str], str]:
     blob = resources.files("modgap.data").joinpath(f"splits/{dataset}/{filename}").read_bytes()
     lines = blob.decode("utf-8-sig").splitlines()
     return [line.strip() for line in lines if line.strip()], hashlib.sha256(blob).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ processing
@@ -160,7 +151,7 @@ class PrepareReport:
         lines += [head] + [f"{c:24s}" + "".join(f"{self.counts[s].get(c, 0):8d}" for s in SPLITS) for c in classes]
         lines.append(f"{'total':24s}" + "".join(f"{sum(self.counts[s].values()):8d}" for s in SPLITS))
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} ids (listed with reasons in {self.out / 'skipped.csv'}):")
+            lines.append(f"skipped {len(self.skipped)} ids (listed with reasons in {self.out / SKIPPED_FILE}):")
             lines += [f"  {i}: {why}" for i, why in self.skipped[:20]]
             if len(self.skipped) > 20:
                 lines.append(f"  ... and {len(self.skipped) - 20} more")
@@ -178,7 +169,7 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
     if not 0 < val_fraction < 1:
         raise ConfigError("--val-fraction must be in (0, 1)")
     fmt = fmt.for_source(src)
-    if (out / "manifest.json").exists() and not force:
+    if (out / MANIFEST_FILE).exists() and not force:
         raise DataError(f"{out}: already a prepared folder; add --force to rebuild it")
     kinds = fmt.kinds(settings or {})
     index = fmt.index(src, options or {})
@@ -206,7 +197,7 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        arrays = {m: np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=k.dtype,
+        arrays = {m: np.lib.format.open_memmap(tmp / array_file(m), mode="w+", dtype=k.dtype,
                                                shape=(len(samples), *k.cache_shape)) for m, k in kinds.items()}
         counts = {m: np.zeros(len(samples), dtype=np.int32) for m in kinds}
         ok = np.zeros(len(samples), dtype=bool)
@@ -237,7 +228,7 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     return PrepareReport(out, manifest["counts"], skipped, time.perf_counter() - started)
 
 
@@ -274,13 +265,13 @@ def _write_folder(tmp: Path, fmt: RawFormat, kinds, index: RawIndex, samples: li
             for new, old in enumerate(keep):
                 arrays[m][new] = arrays[m][old]
             arrays[m].flush()
-            data = np.load(tmp / f"{m}.npy", mmap_mode="r")[:len(keep)]
+            data = np.load(tmp / array_file(m), mmap_mode="r")[:len(keep)]
             np.save(tmp / f"{m}.npy.tmp.npy", data)
             del data
-            os.replace(tmp / f"{m}.npy.tmp.npy", tmp / f"{m}.npy")
+            os.replace(tmp / f"{m}.npy.tmp.npy", tmp / array_file(m))
         else:
             arrays[m].flush()
-        np.save(tmp / f"{m}.count.npy", counts[m][keep])
+        np.save(tmp / count_file(m), counts[m][keep])
     official = {s: np.asarray([i for i, smp in enumerate(samples) if smp.split == s], dtype=np.int64)
                 for s in SPLITS}
     official = {s: rows for s, rows in official.items() if len(rows)}
@@ -289,29 +280,29 @@ def _write_folder(tmp: Path, fmt: RawFormat, kinds, index: RawIndex, samples: li
     splits = make_splits(labels, official, val_fraction, 0.0 if "test" in official else 0.2, split_seed)
     split_ids = {s: [samples[i].id for i in splits[s]] for s in SPLITS}
     split_blob = json.dumps(split_ids, sort_keys=True).encode()
-    (tmp / "splits.json").write_bytes(split_blob)
-    with (tmp / "samples.csv").open("w", newline="", encoding="utf-8") as f:
+    (tmp / SPLITS_FILE).write_bytes(split_blob)
+    with (tmp / SAMPLES_FILE).open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["row", "id", "label", "split"])
         split_of = {i: s for s in SPLITS for i in splits[s]}
         for i, s in enumerate(samples):
             writer.writerow([i, s.id, s.label, split_of[i]])
-    with (tmp / "skipped.csv").open("w", newline="", encoding="utf-8") as f:
+    with (tmp / SKIPPED_FILE).open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "reason"])
         writer.writerows(skipped)
-    (tmp / "classes.txt").write_text("".join(c + "\n" for c in index.classes), encoding="utf-8")
+    (tmp / CLASSES_FILE).write_text("".join(c + "\n" for c in index.classes), encoding="utf-8")
     counts_by_split = {s: dict(Counter(index.classes[labels[i]] for i in splits[s])) for s in SPLITS}
     manifest = {
         "format": FORMAT_VERSION, "dataset": fmt.name, "modgap_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "classes": index.classes, "num_samples": len(samples),
         "modalities": {m: {**k.describe(), "shape": list(k.cache_shape), "dtype": k.dtype,
-                           "file": f"{m}.npy", "sha256": file_sha256(tmp / f"{m}.npy")}
+                           "file": array_file(m), "sha256": file_sha256(tmp / array_file(m))}
                        for m, k in kinds.items()},
         "splits_sha256": hashlib.sha256(split_blob).hexdigest(),
         "val_carved": not fmt.has_val, "val_fraction": val_fraction, "split_seed": split_seed,
         "source_files": index.source_files, "counts": counts_by_split,
         "skipped": len(skipped), "notes": index.notes,
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

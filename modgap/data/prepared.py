@@ -1,23 +1,11 @@
-"""Loading a prepared dataset folder (written by `modgap prepare`, see prepare.py).
-
-    manifest.json     format version, dataset, modgap version, classes, per modality its kind,
-                      preset and parameters, array shape, dtype and sha256; split checksum;
-                      source split files' checksums; counts per split and class; skipped count
-    <modality>.npy    the cached arrays (read as memory maps), rows in samples.csv order
-    <modality>.count.npy   valid entries per row (frames per clip)
-    samples.csv       row, id, label, split
-    splits.json       ids per split (its sha256 is in the manifest: an edited split is refused)
-    skipped.csv       every id that could not be used, and why
-    classes.txt       the class list used, one per line
+"""Loading a prepared dataset folder (written by `modgap prepare`, see prepare.py; its files and
+format version are described in prepared_format.py).
 
 Online work per batch (frame choice, crops, flips, normalisation) is done by the modality kinds.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +16,7 @@ from ..config import DataConfig
 from ..errors import DataError, closest
 from .base import SPLITS, Batch, MultimodalDataset, select_modalities
 from .kinds import KINDS, FramesKind, ModalityKind
-
-FORMAT_VERSION = 1
+from .prepared_format import count_file, file_sha256, read_manifest, read_samples, read_split_ids
 
 
 class PreparedLoader:
@@ -55,32 +42,17 @@ def kind_from_manifest(entry: dict[str, Any]) -> ModalityKind:
 
 class PreparedDataset(MultimodalDataset):
     def __init__(self, root: Path, cfg: DataConfig, expect: str | None = None) -> None:
-        manifest_path = root / "manifest.json"
-        if not manifest_path.is_file():
-            raise DataError(f"{root}: not a prepared dataset folder (no manifest.json); run `modgap prepare` first")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{manifest_path}: unreadable manifest ({exc})") from None
-        if manifest.get("format") != FORMAT_VERSION:
-            raise DataError(f"{manifest_path}: prepared with format {manifest.get('format')}, this modgap reads "
-                            f"format {FORMAT_VERSION}; prepare it again")
-        if expect is not None and manifest.get("dataset") != expect:
-            raise DataError(f"{root}: holds a prepared '{manifest.get('dataset')}' dataset, not '{expect}'")
+        manifest = read_manifest(root, expect)
         self.root, self.manifest = root, manifest
         self.name = manifest["dataset"]
         self.classes = list(manifest["classes"])
         self._check_options(cfg.options)
-        split_blob = (root / "splits.json").read_bytes()
-        if hashlib.sha256(split_blob).hexdigest() != manifest["splits_sha256"]:
-            raise DataError(f"{root / 'splits.json'}: changed since the folder was prepared (checksum differs); "
-                            f"prepare it again rather than editing the split")
-        rows = list(csv.DictReader((root / "samples.csv").open(newline="", encoding="utf-8")))
+        split_ids = read_split_ids(root, manifest)
+        rows = read_samples(root)
         self.ids = [r["id"] for r in rows]
         class_of = {c: i for i, c in enumerate(self.classes)}
         self.labels = np.asarray([class_of[r["label"]] for r in rows], dtype=np.int64)
         row_of = {sid: i for i, sid in enumerate(self.ids)}
-        split_ids = json.loads(split_blob)
         self.splits = {s: np.asarray(sorted(row_of[i] for i in split_ids[s]), dtype=np.int64) for s in SPLITS}
         available = tuple(manifest["modalities"])
         self.modalities = select_modalities(available, cfg.modalities, available, str(root))
@@ -98,7 +70,7 @@ class PreparedDataset(MultimodalDataset):
                 raise DataError(f"{path}: shape {array.shape} does not match the manifest "
                                 f"({len(self.ids)}, {', '.join(map(str, entry['shape']))}); prepare it again")
             self.arrays[m] = array
-            self.counts[m] = np.load(root / f"{m}.count.npy")
+            self.counts[m] = np.load(root / count_file(m))
         if cfg.options.get("verify", False):
             self.verify()
 
@@ -118,8 +90,6 @@ class PreparedDataset(MultimodalDataset):
 
     def verify(self) -> None:
         """Check every cached array against the sha256 recorded when it was written."""
-        from .prepare import file_sha256
-
         for m in self.modalities:
             entry = self.manifest["modalities"][m]
             if file_sha256(self.root / entry["file"]) != entry["sha256"]:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .prepare import RawFormat, RawIndex, RawSample, file_sha256, register_raw
+from .prepare import RawFormat, RawIndex, RawSample, register_raw
+from .prepared_format import file_sha256
 from .twitter2015 import read_lines
 
 CLASSES = ["not_sarcastic", "sarcastic"]

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .prepare import RawFormat, RawIndex, RawSample, file_sha256, register_raw
+from .prepare import RawFormat, RawIndex, RawSample, register_raw
+from .prepared_format import file_sha256
 
 CLASSES = ["negative", "neutral", "positive"]
 """Raw labels 0, 1, 2 in this order."""

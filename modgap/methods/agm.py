@@ -40,9 +40,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, closest
-from .base import Losses, StepContext, cross_entropy, register
+from .base import Losses, StepContext, cross_entropy, evaluation_mode, register
 from .joint import Joint, auxiliary_loss
-from .lfm import evaluation_mode
 
 ZERO_MODES = ("inputs", "features")
 TARGETS = ("responses", "encoders")
@@ -110,6 +109,7 @@ def agm_coefficients(scores: dict[str, float], averages: dict[str, float], alpha
 class AGM(Joint):
     name = "agm"
     summary = "AGM: Shapley mono-responses, running averages, per-encoder gradient scaling to keep them balanced"
+    min_modalities = 2
 
     @dataclass
     class Options:
@@ -139,8 +139,6 @@ class AGM(Joint):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if len(modalities) < 2:
-            raise ConfigError(f"method '{self.name}' compares modalities: it needs at least two")
         if options.zero not in ZERO_MODES:
             raise ConfigError(f"unknown method.zero '{options.zero}'{closest(options.zero, ZERO_MODES)}")
         if options.target not in TARGETS:

@@ -92,8 +92,8 @@ class StepContext:
 class Method(nn.Module):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    max_modalities: ClassVar[int | None] = None
-    """None: any number M >= 2 (or 1 where it makes sense)."""
+    min_modalities: ClassVar[int] = 1
+    """Fewest modalities the method works with (2 for a method that compares, matches or balances them)."""
     fusion: ClassVar[str | None] = None
     """A fusion the method needs (e.g. a shared head); None: model.fusion from the config."""
     unimodal_models: ClassVar[bool] = False
@@ -110,8 +110,9 @@ class Method(nn.Module):
     def __init__(self, options: Any, modalities: tuple[str, ...], num_classes: int,
                  feature_dims: dict[str, int]) -> None:
         super().__init__()
-        if self.max_modalities is not None and len(modalities) > self.max_modalities:
-            raise ConfigError(f"method '{self.name}' supports at most {self.max_modalities} modalities, got {len(modalities)}")
+        if len(modalities) < self.min_modalities:
+            needed = "two" if self.min_modalities == 2 else str(self.min_modalities)
+            raise ConfigError(f"method '{self.name}' compares modalities: it needs at least {needed}")
         self.options = options
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
@@ -201,21 +202,25 @@ def trains_unimodal_models(label: str) -> bool:
     return METHODS.get(name).unimodal_models
 
 
-def build_method(spec: dict[str, Any], modalities: tuple[str, ...], num_classes: int,
-                 feature_dims: dict[str, int]) -> Method:
-    spec = dict(spec)
-    name = str(spec.pop("name"))
-    classes = method_classes(name)
-    if len(classes) == 1:
-        return classes[0](build(classes[0].Options, spec, where="method"), modalities, num_classes, feature_dims)
-    from .compose import Composite
-
-    return Composite.build(classes, spec, modalities, num_classes, feature_dims)
-
-
 def options_of(cls: type[Method]) -> dict[str, Any]:
     return dataclasses.asdict(cls.Options())
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
+
+
+class evaluation_mode:
+    """Puts modules in eval mode (no dropout, BatchNorm statistics untouched) for a validation pass."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        self.modules = modules
+
+    def __enter__(self) -> None:
+        self.modes = [m.training for m in self.modules]
+        for m in self.modules:
+            m.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in zip(self.modules, self.modes):
+            m.train(mode)

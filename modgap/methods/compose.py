@@ -8,6 +8,9 @@ others add what acts on gradients, steps and epochs (e.g. ogm-ge's per-encoder m
 
 Options go to the method whose Options declare them; a key two of them declare must be given as
 ``method.<method name>.<key>`` (e.g. --set method.ogm-ge.alpha=0.3).
+
+``build_method`` (one method or a composition, from a config's method section) lives here, above
+both the interface (base.py) and the composite, so that neither has to import the other back.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import nn
 
 from ..config import build
 from ..errors import ConfigError, closest
-from .base import Method
+from .base import Method, method_classes
 
 
 class Composite(Method):
@@ -99,3 +102,13 @@ class Composite(Method):
 
     def projections(self, out):
         return self.first.projections(out)
+
+
+def build_method(spec: dict[str, Any], modalities: tuple[str, ...], num_classes: int,
+                 feature_dims: dict[str, int]) -> Method:
+    spec = dict(spec)
+    name = str(spec.pop("name"))
+    classes = method_classes(name)
+    if len(classes) == 1:
+        return classes[0](build(classes[0].Options, spec, where="method"), modalities, num_classes, feature_dims)
+    return Composite.build(classes, spec, modalities, num_classes, feature_dims)

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Losses, Method, StepContext, cross_entropy, register
-from .lfm import evaluation_mode
+from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register
 
 FUSED = "fused"
 ESTIMATES = ("separate", "joint")

@@ -143,6 +143,7 @@ def conditional_utilization(model: nn.Module, batches: Iterable[Batch],
 class Greedy(Method):
     name = "greedy"
     summary = "balanced multi-modal learning: re-balancing steps train the modality with the slowest conditional learning speed"
+    min_modalities = 2
     leaves_parameters_unused = True  # a re-balancing step trains one modality's branch only
 
     @dataclass
@@ -166,8 +167,6 @@ class Greedy(Method):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if len(modalities) < 2:
-            raise ConfigError(f"method '{self.name}' balances modalities: it needs at least two")
         if options.threshold < 0 or options.window < 1 or options.warmup_epochs < 0:
             raise ConfigError("method.threshold and method.warmup_epochs must be >= 0, method.window >= 1")
         if options.normal_loss not in NORMAL_LOSS:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, closest
 from ..models.classifier import ModelOutput
-from ..models.fusion_shared import SharedFusion
+from ..models.fusions import SharedFusion
 from .base import Losses, Method, StepContext, cross_entropy, register
 
 COMBINE = ("logits", "probs")

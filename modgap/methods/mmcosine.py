@@ -5,7 +5,7 @@ cosines, z_m,c = s * cos(h_m, w_m,c) (no bias), and the fused logits their sum, 
 Loss: CE on z. No modality can dominate the fused logits through the norm of its features or
 weights; each contributes at most s in absolute value per class.
 
-The model side is the ``cosine`` fusion (modgap/models/fusions_more.py), required through the
+The model side is the ``cosine`` fusion (modgap/models/fusions.py), required through the
 ``fusion`` class attribute; this method sets its scale s from ``method.scale``.
 """
 

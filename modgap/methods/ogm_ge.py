@@ -31,12 +31,7 @@ from torch import nn
 from ..errors import ConfigError, closest
 from .base import StepContext, register
 from .joint import Joint
-
-
-def modality_scores(logits: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """s_m = sum_i softmax(z_m,i)[y_i] for each modality."""
-    rows = torch.arange(len(y), device=y.device)
-    return {m: torch.softmax(z.detach().float(), dim=1)[rows, y].sum() for m, z in logits.items()}
+from .scores import modality_scores
 
 
 def discrepancy_ratios(scores: dict[str, float]) -> dict[str, float]:
@@ -71,6 +66,7 @@ def modulated_parameters(encoder: nn.Module, which: str = "auto") -> list[nn.Par
 class OGMGE(Joint):
     name = "ogm-ge"
     summary = "OGM-GE: the dominant modality's encoder gradients scaled down by its score ratio, plus Gaussian noise"
+    min_modalities = 2
 
     @dataclass
     class Options:
@@ -100,8 +96,6 @@ class OGMGE(Joint):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if len(modalities) < 2:
-            raise ConfigError(f"method '{self.name}' compares modalities: it needs at least two")
         if options.alpha < 0 or options.offset < 0:
             raise ConfigError("method.alpha and method.offset of ogm-ge must be >= 0")
         if options.params not in PARAMS:

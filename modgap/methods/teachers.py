@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.base import Batch
-from ..errors import ConfigError, DataError, ModgapError, closest
+from ..errors import ConfigError, DataError, ModgapError, RunFolderError, closest
+from ..runs import RunFolder, load_checkpoint
 from .base import METHODS, StepContext, trains_unimodal_models
 
 FORMAT = "modgap.teachers/1"
@@ -193,17 +194,14 @@ def read_teacher_state(path: str, modalities: tuple[str, ...]) -> dict[str, Any]
     (``fusion.heads.<m>.*``, where the fusion has them). A run of another method is refused: its
     encoders were trained jointly, they are not uni-modal teachers.
     """
-    from ..train.runfolder import load_checkpoint  # here: the trainer imports this package
-
     source = Path(path).expanduser()
     if source.is_dir():
-        checkpoints = [source / "checkpoints" / n for n in ("best.pt", "last.pt")]
-        file = next((c for c in checkpoints if c.exists()), None)
+        run = RunFolder(source)
+        file = run.best_or_last()
         if file is None:
             raise DataError(f"{source}: no checkpoints/best.pt or checkpoints/last.pt to take uni-modal teachers from")
-        config = source / "config.yaml"
     elif source.is_file():
-        file, config = source, source.parent.parent / "config.yaml"  # <run>/checkpoints/<name>.pt
+        file, run = source, RunFolder(source.parent.parent)  # <run>/checkpoints/<name>.pt
     else:
         raise DataError(f"{source}: teachers not found (give a run folder or a checkpoint file)")
     try:
@@ -221,7 +219,7 @@ def read_teacher_state(path: str, modalities: tuple[str, ...]) -> dict[str, Any]
                 and value.get("teachers"):
             return {**value, "source": str(file)}
 
-    method = _method_of(config)
+    method = _method_of(run)
     if method is not None and not trains_unimodal_models(method):
         sources = [name for name, cls in METHODS.items() if cls.unimodal_models]
         raise ConfigError(f"{source}: a '{method}' run holds no uni-modal teachers; give a run of "
@@ -241,14 +239,14 @@ def _part(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
 
 
-def _method_of(config: Path) -> str | None:
-    if not config.exists():
+def _method_of(run: RunFolder) -> str | None:
+    """The method of the run that saved a checkpoint, None when its config.yaml is missing or unreadable
+    (a bare checkpoint file: its contents decide)."""
+    if not run.has_run():
         return None
-    import yaml
-
     try:
-        saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        saved = run.read_config()
+    except RunFolderError:
         return None
     method = saved.get("method", {})
     return str(method.get("name")) if isinstance(method, dict) and method.get("name") else None

@@ -2,7 +2,7 @@
 
 from .classifier import ModelOutput, MultimodalClassifier, build_model
 from .encoders import ENCODERS
-from .fusion import FUSIONS
+from .fusions import FUSIONS
 
 __all__ = ["ModelOutput", "MultimodalClassifier", "build_model", "ENCODERS", "FUSIONS"]
 

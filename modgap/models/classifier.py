@@ -10,7 +10,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError, closest
 from .encoders import ENCODERS
-from .fusion import FUSIONS
+from .fusions import FUSIONS
 
 
 @dataclass

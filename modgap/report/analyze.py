@@ -34,7 +34,7 @@ import numpy as np
 
 from .tables import write_csv as tables_write_csv
 from ..config import Config, build
-from ..train.runfolder import atomic_write_text
+from ..runs import LAST, RunFolder, atomic_write_text
 from . import plots
 
 DEFAULT_MIX = 0.3
@@ -58,17 +58,16 @@ def _train_one(config: Config, run_dir: Path):
     """Train (or reuse, or resume) one run; return the trainer with its last-epoch weights loaded."""
     from ..train.trainer import Trainer
 
-    done = (run_dir / "summary.json").exists()
-    if done:
+    run = RunFolder(run_dir)
+    if run.finished():
         from .checkpoint import load_trained
         return load_trained(run_dir, "last", threads=config.train.threads or None)
-    resume = (run_dir / "checkpoints" / "last.pt").exists()
-    if not resume and (run_dir / "config.yaml").exists():
-        for leftover in ("config.yaml", "splits.json", "metrics.jsonl", "alpha.csv", ".lock"):
-            (run_dir / leftover).unlink(missing_ok=True)
+    resume = run.resumable()
+    if not resume:
+        run.clear_unstarted()  # started but killed before its first checkpoint: start over
     trainer = Trainer(config, run_dir, resume=resume)
     trainer.fit()
-    state = trainer.run.load("last.pt")
+    state = trainer.run.load(LAST)
     trainer.model.load_state_dict(state["model"])
     trainer.method.load_state_dict(state["method"])
     trainer.model.eval()
@@ -94,7 +93,7 @@ def label_fitting(base: Config, seeds: list[int], out: str | Path, mix: float = 
             classes = trainer.data.num_classes
             h = target_entropy(m, classes)
             records = trainer.run.read_metrics()
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            summary = trainer.run.read_summary()
             train_metrics = trainer.evaluate("train").metrics
             last = records[-1]
             for mod in modalities:

@@ -22,22 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModgapError, RunFolderError
-from ..train.runfolder import RunFolder, atomic_write_text
+from ..runs import ALPHA_FILE, METRICS_FILE, RunFolder, atomic_write_text
 from . import plots
 from .html import Page
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.yaml").exists()
+    return RunFolder(path).has_run()
 
 
 def run_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and is_run(p) and (p / "metrics.jsonl").exists())
+    return sorted(p for p in root.iterdir() if p.is_dir() and is_run(p) and (p / METRICS_FILE).exists())
 
 
 def run_info(run: Path) -> dict[str, Any]:
     """method, data and seed labels of a run (cell.json of a bench, else config.yaml)."""
-    cfg = RunFolder(run).read_yaml("config.yaml")
+    cfg = RunFolder(run).read_config()
     data = cfg.get("data", {})
     mods = data.get("modalities") or []
     info = {"method": cfg.get("method", {}).get("name", "?"),
@@ -50,11 +50,6 @@ def run_info(run: Path) -> dict[str, Any]:
                     seed=c.get("seed", info["seed"]))
     info["label"] = f"{info['method']} / {info['data']} / s{info['seed']}"
     return info
-
-
-def _summary(run: Path) -> dict[str, Any] | None:
-    path = run / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _modalities(run: Path, records: list[dict[str, Any]], summary: dict[str, Any] | None) -> list[str]:
@@ -99,7 +94,7 @@ def run_sections(page: Page, run: Path, out: Path, *, checkpoint: str = "best", 
                  split: str = "test", heading_level: int = 2, title_prefix: str = "") -> dict[str, Any]:
     """Append a run's sections to ``page``; figures go to ``out``. Returns what was made."""
     records = RunFolder(run).read_metrics()
-    summary = _summary(run)
+    summary = RunFolder(run).read_summary()
     info = run_info(run)
     mods = _modalities(run, records, summary)
     best = summary["best_epoch"] if summary else None
@@ -123,7 +118,7 @@ def run_sections(page: Page, run: Path, out: Path, *, checkpoint: str = "best", 
                 "The dotted line marks the epoch of best validation fused accuracy (the reported one).", figs)
 
     page.heading(f"{title_prefix}Alpha", h)
-    alpha_csv = run / "alpha.csv"
+    alpha_csv = run / ALPHA_FILE
     cols = plots.read_alpha_csv(alpha_csv) if alpha_csv.exists() else None
     if cols and cols["alpha"]:
         _add_figure(page, plots.alpha_curves([(label, cols)], title=f"alpha during training: {label}"),
@@ -231,14 +226,14 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
                     "Fused and per-modality test accuracy per method (mean ± std over seeds).", figs)
     else:
         page.paragraph("No run has finished yet (no summary.json).", note=True)
-    unfinished = [r.name for r in runs if not (r / "summary.json").exists()]
+    unfinished = [r.name for r in runs if not RunFolder(r).finished()]
     if unfinished:
         page.paragraph(f"Not finished: {', '.join(unfinished)}.", note=True)
 
     alpha_runs, by_method = [], {}
     for r in runs:
-        if (r / "alpha.csv").exists():
-            cols = plots.read_alpha_csv(r / "alpha.csv")
+        if (r / ALPHA_FILE).exists():
+            cols = plots.read_alpha_csv(r / ALPHA_FILE)
             if cols["alpha"]:
                 alpha_runs.append((infos[r]["label"], cols))
                 by_method.setdefault(infos[r]["data"], {}).setdefault(infos[r]["method"], []).append(cols)
@@ -262,7 +257,7 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
     page.heading("Runs")
     rows = []
     for r in runs:
-        s = _summary(r)
+        s = RunFolder(r).read_summary()
         rows.append([r.name, infos[r]["label"], s["best_epoch"] if s else "-", _fmt(s["test"]["fused"]["acc"]) if s else "-",
                      _fmt(s.get("imbalance_test"), 2) if s else "-", "finished" if s else "running or stopped"])
     page.table(["run folder", "method / data / seed", "best epoch", "test acc", "imbalance", "state"], rows)

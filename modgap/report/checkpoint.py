@@ -14,7 +14,7 @@ import torch
 
 from ..config import build
 from ..errors import RunFolderError
-from ..train.runfolder import RunFolder, load_checkpoint
+from ..runs import LAST, RunFolder, load_checkpoint
 
 CHECKPOINTS = ("best", "last")
 
@@ -24,11 +24,10 @@ def checkpoint_path(run: str | Path, checkpoint: str = "best") -> Path:
     e.g. train.checkpoint_best=false); anything else is a path to a checkpoint file."""
     run = Path(run)
     if checkpoint in CHECKPOINTS:
-        path = run / "checkpoints" / f"{checkpoint}.pt"
-        if checkpoint == "best" and not path.exists():
-            path = run / "checkpoints" / "last.pt"
-        if not path.exists():
-            raise RunFolderError(f"{run}: no checkpoint ({checkpoint}.pt) in {run / 'checkpoints'}")
+        folder = RunFolder(run)
+        path = folder.best_or_last() if checkpoint == "best" else folder.checkpoints / LAST
+        if path is None or not path.exists():
+            raise RunFolderError(f"{run}: no checkpoint ({checkpoint}.pt) in {folder.checkpoints}")
         return path
     path = Path(checkpoint)
     if not path.exists():
@@ -55,7 +54,7 @@ def load_trained(run: str | Path, checkpoint: str = "best", threads: int | None 
     config = build(type(config), {"train": train}, base=config)
     path = checkpoint_path(run, checkpoint)
     trainer = Trainer(config, run)
-    saved = RunFolder(run).read_yaml("config.yaml").get("split_checksum")
+    saved = RunFolder(run).read_config().get("split_checksum")
     if saved is not None and saved != trainer.data.split_checksum():
         raise RunFolderError(f"{run}: the data split differs from the one the run was trained on "
                              "(its test split would not be the test split)")

@@ -134,7 +134,7 @@ class Page:
                 f"<h1>{html.escape(self.title)}</h1>\n{toc}\n{body}\n</body>\n</html>\n")
 
     def write(self, path: str | Path) -> Path:
-        from ..train.runfolder import atomic_write_text
+        from ..runs import atomic_write_text
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def sidecar_path(png: str | Path) -> Path:
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """The PNG (nothing clipped: bbox_inches='tight') and the JSON of its plotted data beside it."""
-    from ..train.runfolder import atomic_write_text
+    from ..runs import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..methods.base import trains_unimodal_models
+from ..runs import SUMMARY_FILE, RunFolder, atomic_write_text
 
 METRICS = ("acc", "map", "f1")
 
@@ -24,8 +25,8 @@ METRICS = ("acc", "map", "f1")
 def read_summaries(root: Path) -> list[dict[str, Any]]:
     """summary.json of every finished run under ``root`` (with the cell name and method label)."""
     runs = []
-    for path in sorted(root.glob("*/summary.json")):
-        summary = json.loads(path.read_text(encoding="utf-8"))
+    for path in sorted(root.glob(f"*/{SUMMARY_FILE}")):
+        summary = RunFolder(path.parent).read_summary()
         cell = json.loads((path.parent / "cell.json").read_text()) if (path.parent / "cell.json").exists() else {}
         summary["cell"] = path.parent.name
         summary["label"] = cell.get("method_label", summary["method"])
@@ -49,8 +50,6 @@ def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    from ..train.runfolder import atomic_write_text
-
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -164,8 +163,6 @@ def _tex(text: str) -> str:
 
 def collect(root: str | Path) -> dict[str, Any]:
     """Rebuild results.csv, table.md and table.tex of a bench folder from its run folders."""
-    from ..train.runfolder import atomic_write_text
-
     root = Path(root)
     runs = read_summaries(root)
     if not runs:

@@ -28,14 +28,15 @@ from ..data.base import Batch
 from ..errors import ModgapError, RunFolderError
 from ..methods import Method, StepContext, build_method
 from ..methods.base import required_fusion
+from ..methods.scores import discrepancy, modality_scores
 from ..models import MultimodalClassifier, build_model
 from .metrics import (OutputAccumulator, classification_metrics, imbalance_ratio, linear_probe,
                       modality_gap)
 from .distributed import Distributed, ShareState, TrainForward, wrap_ddp
 from .loader import BatchLoader, Item, default_workers
 from .precision import Precision
-from .faults import fault_point
-from .runfolder import RunFolder
+from ..faults import fault_point
+from ..runs import RunFolder
 
 
 DIAGNOSTICS_EVERY = 5
@@ -412,9 +413,9 @@ class Trainer:
             grads = [p.grad.detach() for p in encoder.parameters() if p.grad is not None]
             norm = float(torch.stack(torch._foreach_norm(grads)).norm()) if grads else 0.0
             d.setdefault(f"grad_norm/{m}", []).append(norm)
-        scores = [float(z.detach().float().softmax(1).gather(1, batch.y[:, None]).sum()) for z in out.logits.values()]
+        scores = {m: float(s) for m, s in modality_scores(out.logits, batch.y).items()}
         if len(scores) > 1:
-            d.setdefault("discrepancy", []).append(max(scores) / max(min(scores), 1e-12))
+            d.setdefault("discrepancy", []).append(discrepancy(scores))
 
     def _nonfinite(self, what: str, batch: Batch) -> None:
         ids = ", ".join(self.data.ids[i] for i in batch.index[:5].tolist())

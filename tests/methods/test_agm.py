@@ -11,9 +11,9 @@ from torch import nn
 
 from modgap.data.base import Batch
 from modgap.methods.agm import agm_coefficients, mono_responses, response_scores
-from modgap.methods.base import StepContext, build_method
+from modgap.methods import StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
-from modgap.models.fusion import FUSIONS
+from modgap.models.fusions import FUSIONS
 
 C = 3
 

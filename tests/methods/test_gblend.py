@@ -12,7 +12,7 @@ from torch import nn
 
 from modgap.cli import main
 from modgap.data.base import Batch
-from modgap.methods.base import StepContext, build_method
+from modgap.methods import StepContext, build_method
 from modgap.methods.gblend import ogr_weights
 from modgap.models.classifier import ModelOutput
 

@@ -17,8 +17,8 @@ from modgap.methods.greedy import (Greedy, RebalanceSwitch, conditional_speeds, 
                                    imbalance, mean_features, relative_gradient_norm)
 from modgap.models import build_model
 from modgap.models.classifier import MultimodalClassifier
-from modgap.models.fusion import MeanFusion
-from modgap.train.runfolder import load_checkpoint
+from modgap.models.fusions import MeanFusion
+from modgap.runs import load_checkpoint
 
 
 def test_relative_gradient_norm_by_hand():

@@ -23,7 +23,8 @@ from torch import nn
 
 from modgap.data.base import Batch
 from modgap.methods.base import StepContext
-from modgap.methods.lfm import LFMLearned, official_matching_gradient
+from modgap.methods.hypergrad import official_matching_gradient
+from modgap.methods.lfm import LFMLearned
 from modgap.models.classifier import ModelOutput
 
 DT = torch.float64

@@ -13,10 +13,10 @@ from torch import nn
 from modgap.cli import main
 from modgap.data.base import Batch
 from modgap.errors import ConfigError
-from modgap.methods.base import StepContext, build_method
+from modgap.methods import StepContext, build_method
 from modgap.methods.mla import entropy_fusion, owm_update
 from modgap.models.classifier import MultimodalClassifier
-from modgap.models.fusion_shared import SharedFusion
+from modgap.models.fusions import SharedFusion
 
 ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
 
@@ -108,7 +108,7 @@ def test_released_alternation_takes_one_step_per_modality_on_every_batch(cli, tm
     """alternate=batch: M optimiser steps per batch (a, then b, on the same batch); alternate=step: one."""
     cli.train(tmp_path / "b", "--method", "mla", "--data", "mfeat:pix+fou+mor", epochs=1)
     cli.train(tmp_path / "s", "--method", "mla", "--data", "mfeat:pix+fou+mor", "--set", "method.alternate=step", epochs=1)
-    from modgap.train.runfolder import load_checkpoint
+    from modgap.runs import load_checkpoint
 
     steps = {k: load_checkpoint(tmp_path / k / "checkpoints" / "last.pt")["progress"]["step"] for k in "bs"}
     assert steps["s"] > 10 and steps["b"] == 3 * steps["s"]  # one step per batch, or one per modality

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from modgap.data.base import Batch
-from modgap.methods.base import METHODS, StepContext, build_method
+from modgap.methods import METHODS, StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
-from modgap.models.fusion import FUSIONS
-from modgap.train.runfolder import load_checkpoint
+from modgap.models.fusions import FUSIONS
+from modgap.runs import load_checkpoint
 
 C = 3
 

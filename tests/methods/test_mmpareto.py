@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from modgap.data.base import Batch
-from modgap.methods.base import METHODS, StepContext, build_method
+from modgap.methods import METHODS, StepContext, build_method
 from modgap.methods.mmpareto import min_norm_weight, pareto_combine
 from modgap.models.classifier import MultimodalClassifier
-from modgap.models.fusion import FUSIONS
+from modgap.models.fusions import FUSIONS
 
 C = 3
 

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from modgap.data.base import Batch
-from modgap.methods.base import StepContext, build_method
-from modgap.methods.ogm_ge import modality_scores, modulation_coefficients
+from modgap.methods import StepContext, build_method
+from modgap.methods.ogm_ge import modulation_coefficients
+from modgap.methods.scores import modality_scores
 from modgap.models.classifier import MultimodalClassifier
-from modgap.models.fusion import FUSIONS
+from modgap.models.fusions import FUSIONS
 
 C = 3
 

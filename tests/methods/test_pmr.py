@@ -13,10 +13,10 @@ from torch import nn
 
 from modgap.cli import main
 from modgap.data.base import Batch
-from modgap.methods.base import StepContext, build_method
+from modgap.methods import StepContext, build_method
 from modgap.methods.pmr import rebalance_coefficients
 from modgap.models.classifier import MultimodalClassifier
-from modgap.models.fusion import MeanFusion
+from modgap.models.fusions import MeanFusion
 
 ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
 

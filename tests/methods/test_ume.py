@@ -13,7 +13,7 @@ from modgap.data.base import Batch
 from modgap.methods.base import METHODS, StepContext
 from modgap.methods.ume import UniModalEnsemble
 from modgap.models import build_model
-from modgap.train.runfolder import load_checkpoint
+from modgap.runs import load_checkpoint
 
 from conftest import NO_PROBE, TINY
 

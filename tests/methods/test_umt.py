@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from modgap.config import ModelConfig
 from modgap.data.base import Batch
-from modgap.methods.base import StepContext, build_method
+from modgap.methods import StepContext, build_method
 from modgap.methods.teachers import Teachers
 from modgap.methods.umt import UniModalTeacher
 from modgap.models import build_model
-from modgap.train.runfolder import load_checkpoint
+from modgap.runs import load_checkpoint
 
 from conftest import NO_PROBE, TINY
 

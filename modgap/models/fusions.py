@@ -1,8 +1,11 @@
-"""More fusions: sum, film, gated (for ``joint`` and any method), cosine (MMCosine), concat-heads (MMPareto).
+"""Fusions: per-modality features {m: h_m} -> (per-modality logits {m: z_m}, fused logits z), found by
+name in ``FUSIONS`` (``model.fusion``).
 
-Every fusion maps features {m: h_m} to (per-modality logits {m: z_m}, fused logits z).
+Every fusion returns the per-modality logits, not only the fused ones, so that methods and
+metrics can always look at each modality on its own.
 
-- ``sum``, ``cosine``: z = sum_m z_m, so z_m is each modality's exact share of the fused output.
+- ``mean``, ``shared``: z = (1/M) sum_m z_m; ``concat``, ``sum``, ``cosine``: z = sum_m z_m, so z_m
+  is each modality's exact share of the fused output.
 - ``concat-heads``: fused head on the concatenation plus an own linear head per modality; z_m is
   that head's output (a unimodal classifier, trained by whatever loss uses it).
 - ``film``, ``gated``: the fused output is not a sum of per-modality parts. z_m then comes from an
@@ -20,9 +23,62 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .fusion import FUSIONS
+from ..registry import Registry
 
+FUSIONS: Registry = Registry("fusion")
 Outputs = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+@FUSIONS.register("mean")
+class MeanFusion(nn.Module):
+    """A linear head per modality, z_m = W_m h_m + b_m; fused z = (1/M) sum_m z_m (released LFM code)."""
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in feature_dims.items()})
+
+    def forward(self, features: dict[str, torch.Tensor]) -> Outputs:
+        logits = {m: self.heads[m](h) for m, h in features.items()}
+        return logits, torch.stack(list(logits.values())).mean(0)
+
+
+@FUSIONS.register("concat")
+class ConcatFusion(nn.Module):
+    """One linear head on the concatenated features; z_m = W[:, block_m] h_m + b / M, so sum_m z_m = z."""
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.dims = dict(feature_dims)
+        self.head = nn.Linear(sum(self.dims.values()), num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> Outputs:
+        blocks = torch.split(self.head.weight, list(self.dims.values()), dim=1)
+        share = self.head.bias / len(self.dims)
+        logits = {m: features[m] @ w.t() + share for m, w in zip(self.dims, blocks)}
+        return logits, torch.stack(list(logits.values())).sum(0)
+
+
+@FUSIONS.register("shared")
+class SharedFusion(nn.Module):
+    """One linear head shared by all modalities; fused z = mean of the per-modality logits.
+
+    MLA (CVPR 2024): z_m = W h_m + b with the same W, b for every m, so every modality's features
+    must have the same size.
+    """
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        sizes = sorted(set(feature_dims.values()))
+        if len(sizes) != 1:
+            listed = ", ".join(f"{m}: {d}" for m, d in feature_dims.items())
+            raise ConfigError(f"fusion 'shared' applies one head to every modality, so their features must have "
+                              f"the same size (got {listed}); choose encoders with equal output sizes")
+        self.dim = sizes[0]
+        self.head = nn.Linear(self.dim, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> Outputs:
+        logits = {m: self.head(h) for m, h in features.items()}
+        return logits, torch.stack(list(logits.values())).mean(0)
 
 
 def _detached_heads(feature_dims: dict[str, int], num_classes: int) -> nn.ModuleDict:

@@ -1,15 +1,19 @@
-"""The run folder contract (protocol.md): what a run writes, written so that nothing is lost.
+"""What is on disk: the run folder contract (protocol.md), its checkpoint format and safe writes.
 
     config.yaml        the full resolved configuration (+ package version, split checksum)
     splits.json        the ids of each split
     metrics.jsonl      one JSON object per finished epoch
     alpha.csv          alpha after every optimiser step (methods that have an alpha)
     summary.json       the final record
-    checkpoints/       last.pt and best.pt
+    checkpoints/       last.pt (and last.prev.pt, the one before it) and best.pt
 
 Every whole-file write goes to a temporary file in the same folder, is flushed to disk and renamed
 over the target, so a crash leaves the old file or the new one, never half of one. Checkpoints
 carry a SHA-256 of their contents and are refused when it does not match.
+
+This is the bottom layer for files: the trainer writes run folders through it, and everything that
+reads one (report, bench, teachers taken from another run) reads it through it, so the names and
+the format live here once. It imports nothing of modgap but errors and faults.
 """
 
 from __future__ import annotations
@@ -30,10 +34,25 @@ from typing import Any
 import torch
 import yaml
 
-from ..errors import RunFolderError
+from .errors import RunFolderError
 from .faults import fault_point
 
 MAGIC = b"MODGAPCK1\n"
+
+CONFIG_FILE = "config.yaml"
+SPLITS_FILE = "splits.json"
+METRICS_FILE = "metrics.jsonl"
+ALPHA_FILE = "alpha.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+PREVIOUS = "last.prev.pt"
+BEST = "best.pt"
+LOCK_FILE = ".lock"
+
+UNSTARTED_LEFTOVERS = (CONFIG_FILE, SPLITS_FILE, METRICS_FILE, ALPHA_FILE, LOCK_FILE)
+"""What a run killed before its first checkpoint leaves: with no checkpoint to resume from, these
+are removed and the run starts over (``RunFolder.clear_unstarted``)."""
 
 
 _UMASK = os.umask(0)
@@ -113,12 +132,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
+        self.checkpoints = self.path / CHECKPOINTS
         self._lock_held = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def has_run(self) -> bool:
-        return (self.path / "config.yaml").exists()
+        return (self.path / CONFIG_FILE).exists()
+
+    def finished(self) -> bool:
+        return (self.path / SUMMARY_FILE).exists()
+
+    def resumable(self) -> bool:
+        """Whether a run was started here and left a checkpoint to continue from."""
+        return (self.checkpoints / LAST).exists()
+
+    def clear_unstarted(self) -> None:
+        """A run started here but killed before its first checkpoint: remove what it wrote, so that
+        a new start does not take the folder for a run to resume (or one held by a dead process)."""
+        if self.has_run() and not self.resumable():
+            for name in UNSTARTED_LEFTOVERS:
+                (self.path / name).unlink(missing_ok=True)
 
     def prepare(self) -> None:
         """Create the folder, check it is writable and take the lock (one process per run)."""
@@ -134,7 +167,7 @@ class RunFolder:
             leftover.unlink(missing_ok=True)  # a temp file of a process killed mid-write (ours now: we hold the lock)
 
     def _lock(self) -> None:
-        lock = self.path / ".lock"
+        lock = self.path / LOCK_FILE
         for _ in range(2):
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -155,7 +188,7 @@ class RunFolder:
 
     def release(self) -> None:
         if self._lock_held:
-            (self.path / ".lock").unlink(missing_ok=True)
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
             self._lock_held = False
 
     # ---- files -------------------------------------------------------------------------------
@@ -172,19 +205,28 @@ class RunFolder:
             raise RunFolderError(f"{self.path / name}: expected a mapping, got {type(data).__name__}")
         return data
 
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as saved (a mapping; RunFolderError when unreadable)."""
+        return self.read_yaml(CONFIG_FILE)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """summary.json, or None while the run has not finished."""
+        path = self.path / SUMMARY_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
     def write_json(self, name: str, data: Any) -> None:
         with writing(self.path / name):
             atomic_write_text(self.path / name, json.dumps(data, indent=2) + "\n")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with writing(self.path / "metrics.jsonl"), (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        with writing(self.path / METRICS_FILE), (self.path / METRICS_FILE).open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
         fault_point("metrics_append")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
+        path = self.path / METRICS_FILE
         if not path.exists():
             return []
         records = []
@@ -202,9 +244,9 @@ class RunFolder:
         """On resume: keep only what the checkpoint already accounts for. ``total_steps`` (when the
         resume changes the number of epochs) rewrites alpha.csv's progress column for the new total."""
         kept = [r for r in self.read_metrics() if r["epoch"] < epochs_done]
-        with writing(self.path / "metrics.jsonl"):
-            atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-        alpha = self.path / "alpha.csv"
+        with writing(self.path / METRICS_FILE):
+            atomic_write_text(self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+        alpha = self.path / ALPHA_FILE
         if alpha.exists():
             with writing(alpha), alpha.open(newline="") as f:
                 rows = list(csv.reader(f))
@@ -214,7 +256,7 @@ class RunFolder:
                 atomic_write_text(alpha, "".join(",".join(r) + "\n" for r in [rows[0], *good]))
 
     def alpha_writer(self) -> "AlphaLog":
-        return AlphaLog(self.path / "alpha.csv")
+        return AlphaLog(self.path / ALPHA_FILE)
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         try:
@@ -228,18 +270,22 @@ class RunFolder:
     def load(self, name: str) -> dict[str, Any]:
         return load_checkpoint(self.checkpoints / name)
 
+    def best_or_last(self) -> Path | None:
+        """checkpoints/best.pt, else last.pt (a run that kept no best); None when it has neither."""
+        return next((self.checkpoints / n for n in (BEST, LAST) if (self.checkpoints / n).exists()), None)
+
     def save_last(self, state: dict[str, Any]) -> None:
         """last.pt, keeping the one before it as last.prev.pt (used if last.pt turns out corrupt)."""
-        last = self.checkpoints / "last.pt"
+        last = self.checkpoints / LAST
         if last.exists():
             with writing(last):
-                os.replace(last, self.checkpoints / "last.prev.pt")
-        self.save("last.pt", state)
+                os.replace(last, self.checkpoints / PREVIOUS)
+        self.save(LAST, state)
 
     def load_latest(self) -> dict[str, Any] | None:
         """The newest good checkpoint: last.pt, or last.prev.pt when last.pt is missing or corrupt."""
         problems = []
-        for name in ("last.pt", "last.prev.pt"):
+        for name in (LAST, PREVIOUS):
             if not (self.checkpoints / name).exists():
                 continue
             try:

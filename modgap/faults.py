@@ -6,8 +6,8 @@
 Points (each one line in the code it names):
     train_step        trainer.py, the training loop, after an optimiser step (mid-epoch)
     evaluate          trainer.py, evaluate(), after each batch's forward (mid-evaluation)
-    metrics_append    runfolder.py, append_metrics(), once the record is on disk (its checkpoint is not)
-    checkpoint_write  runfolder.py, atomic_write_bytes() of a .pt file: temp file written, not yet renamed
+    metrics_append    runs.py, append_metrics(), once the record is on disk (its checkpoint is not)
+    checkpoint_write  runs.py, atomic_write_bytes() of a .pt file: temp file written, not yet renamed
     file_write        the same for any other file (config.yaml, summary.json, ...)
 
 Unset, ``fault_point`` costs one dict lookup. Counts are per process, from 1.
@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 _reached: dict[str, int] = {}
 
