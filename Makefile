@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/modgap train
 
+# Lint, format check and type check first (ruff and mypy come with the test extra), then the suite.
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check modgap
+	$(VENV)/bin/ruff format --check modgap
+	$(VENV)/bin/mypy modgap
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
@@ -25,4 +29,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -81,18 +81,39 @@ def method_sets(sets: list[str], names: list[str]) -> tuple[list[str], dict[str,
             per_key.update(dotted_to_nested([item])["method"])
         else:
             general.append(item)
-    accepted = {n: set().union(*({f.name for f in dataclasses.fields(c.Options)} for c in method_classes(n)))
-                for n in names}
+    accepted = {
+        n: set().union(*({f.name for f in dataclasses.fields(c.Options)} for c in method_classes(n))) for n in names
+    }
     for key in per_key:
         if not any(key in a for a in accepted.values()):
             raise ConfigError(f"--set method.{key}: no method of this bench has that option")
     return general, {n: {k: v for k, v in per_key.items() if k in accepted[n]} for n in names}
 
 
-def cell_command(cell: Cell, out: Path, config: str | None, epochs: int | None, sets: list[str],
-                 method_name: str, method_options: dict[str, Any]) -> list[str]:
-    cmd = [sys.executable, "-m", "modgap", "train", "--data", cell.data, "--method", method_name,
-           "--seed", str(cell.seed), "--out", str(out), "--quiet"]
+def cell_command(
+    cell: Cell,
+    out: Path,
+    config: str | None,
+    epochs: int | None,
+    sets: list[str],
+    method_name: str,
+    method_options: dict[str, Any],
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "modgap",
+        "train",
+        "--data",
+        cell.data,
+        "--method",
+        method_name,
+        "--seed",
+        str(cell.seed),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     if config:
         cmd += ["--config", config]
     if epochs is not None:
@@ -120,8 +141,12 @@ def run_cell(cell: Cell, root: Path, config, epochs, general, method_options) ->
         run.clear_unstarted()  # started but killed before its first checkpoint: start over
         cmd = cell_command(cell, out, config, epochs, general, name, options)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "cell.json", json.dumps({"data_label": cell.data, "method_label": cell.method,
-                                                     "seed": cell.seed, "command": cmd[1:]}, indent=2))
+    atomic_write_text(
+        out / "cell.json",
+        json.dumps(
+            {"data_label": cell.data, "method_label": cell.method, "seed": cell.seed, "command": cmd[1:]}, indent=2
+        ),
+    )
     with (out / "train.log").open("a", encoding="utf-8") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode != 0:
@@ -130,9 +155,18 @@ def run_cell(cell: Cell, root: Path, config, epochs, general, method_options) ->
     return cell, "resumed" if resume else "ran"
 
 
-def bench(methods: list[str], data: list[str], seeds: list[int], out: str | Path, *, jobs: int = 1,
-          epochs: int | None = None, sets: list[str] | None = None, config: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+def bench(
+    methods: list[str],
+    data: list[str],
+    seeds: list[int],
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    epochs: int | None = None,
+    sets: list[str] | None = None,
+    config: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     names = [parse_method(m)[0] for m in methods]

@@ -37,25 +37,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modgap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train one run", description="Train one run and write its run folder.",
-                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", metavar="FILE", help="YAML file with any of the sections data, model, optim, train, method")
-    t.add_argument("--data", metavar="NAME[:ARG]", help="dataset, e.g. mfeat, mfeat:pix+fou, tables:PATH (default mfeat)")
+    t = sub.add_parser(
+        "train",
+        help="train one run",
+        description="Train one run and write its run folder.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument(
+        "--config", metavar="FILE", help="YAML file with any of the sections data, model, optim, train, method"
+    )
+    t.add_argument(
+        "--data", metavar="NAME[:ARG]", help="dataset, e.g. mfeat, mfeat:pix+fou, tables:PATH (default mfeat)"
+    )
     t.add_argument("--modalities", metavar="A,B", help="modalities to use, comma-separated (default: the dataset's)")
     t.add_argument("--method", metavar="NAME", help="training method (default lfm-lb; `modgap list methods`)")
     t.add_argument("--epochs", type=int, metavar="N", help="number of epochs")
     t.add_argument("--seed", type=int, metavar="S", help="training seed (the split seed is data.split_seed)")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/<data>-<method>-s<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting, e.g. --set optim.lr=0.05 --set method.every=5")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any setting, e.g. --set optim.lr=0.05 --set method.every=5",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("prepare", help="prepare a dataset from its raw download",
-                       description="Read a raw download, compute the presets and write a cached dataset folder.",
-                       epilog="example:\n  modgap prepare cremad --src ~/data/CREMA-D --out data/cremad --jobs 4\n"
-                              "  modgap train --data cremad:data/cremad --config configs/cremad.yaml",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "prepare",
+        help="prepare a dataset from its raw download",
+        description="Read a raw download, compute the presets and write a cached dataset folder.",
+        epilog="example:\n  modgap prepare cremad --src ~/data/CREMA-D --out data/cremad --jobs 4\n"
+        "  modgap train --data cremad:data/cremad --config configs/cremad.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dataset", help="dataset name (`modgap list datasets`)")
     p.add_argument("--src", required=True, metavar="RAW_DIR", help="the raw download (layout: docs/datasets/<name>.md)")
     p.add_argument("--out", required=True, metavar="DIR", help="the prepared folder to write")
@@ -65,22 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, metavar="S", help="stored image/frame side (default 224)")
     p.add_argument("--text-model", metavar="NAME_OR_PATH", help="tokenizer for text modalities")
     p.add_argument("--max-len", type=int, metavar="L", help="text truncation length in tokens")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="val carved from train where there is no official val (default 0.1)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="val carved from train where there is no official val (default 0.1)",
+    )
     p.add_argument("--split-seed", type=int, default=0, metavar="S", help="seed of the val carve-out (default 0)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel worker processes (default 1)")
-    p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
-                   help="stop at the first bad sample (default), or skip and record it in skipped.csv")
+    p.add_argument(
+        "--on-error",
+        choices=["stop", "skip"],
+        default="stop",
+        help="stop at the first bad sample (default), or skip and record it in skipped.csv",
+    )
     p.add_argument("--force", action="store_true", help="rebuild an existing prepared folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    b = sub.add_parser("bench", help="run a grid of methods x datasets x seeds and tabulate it",
-                       description="Run every cell of the grid as its own run folder (finished cells are skipped, "
-                                   "interrupted ones resumed), then write results.csv, table.md and table.tex.",
-                       epilog="examples:\n  modgap bench --methods unimodal,joint,lfm-h,lfm-lb --data mfeat:pix+fou,mfeat:fac+mor "
-                              "--seeds 0,1,2 --out bench/mfeat\n"
-                              "  modgap bench --methods 'lfm-h[schedule=constant,w0=0.5],lfm-lb' --data mfeat --seeds 0,1 --out bench/x\n"
-                              "  modgap bench --collect bench/mfeat",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = sub.add_parser(
+        "bench",
+        help="run a grid of methods x datasets x seeds and tabulate it",
+        description="Run every cell of the grid as its own run folder (finished cells are skipped, "
+        "interrupted ones resumed), then write results.csv, table.md and table.tex.",
+        epilog="examples:\n  modgap bench --methods unimodal,joint,lfm-h,lfm-lb --data mfeat:pix+fou,mfeat:fac+mor "
+        "--seeds 0,1,2 --out bench/mfeat\n"
+        "  modgap bench --methods 'lfm-h[schedule=constant,w0=0.5],lfm-lb' --data mfeat --seeds 0,1 --out bench/x\n"
+        "  modgap bench --collect bench/mfeat",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("--methods", metavar="M1,M2", help="methods, optionally with options: lfm-h[schedule=exp]")
     b.add_argument("--data", metavar="D1,D2", help="datasets as in train --data (mfeat:pix+fou, tables:PATH, ...)")
     b.add_argument("--seeds", default="0,1,2", metavar="S1,S2", help="training seeds (default 0,1,2)")
@@ -92,62 +122,90 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--collect", metavar="DIR", help="only rebuild the tables of an existing bench folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    r = sub.add_parser("report", help="figures and one self-contained report.html of a run or bench folder",
-                       description="Plot a run folder (learning curves, alpha, balance diagnostics, modality gap, "
-                                   "per-class accuracy, Shapley contributions, Grad-CAM) or a bench folder (results "
-                                   "table, accuracy bars, alpha of every run) into PNGs (each with a JSON of its data) "
-                                   "and one report.html with the images embedded.",
-                       epilog="examples:\n  modgap report runs/mfeat-pix+fou-lfm-lb-s0\n"
-                              "  modgap report bench/mfeat --runs --out reports/mfeat",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "report",
+        help="figures and one self-contained report.html of a run or bench folder",
+        description="Plot a run folder (learning curves, alpha, balance diagnostics, modality gap, "
+        "per-class accuracy, Shapley contributions, Grad-CAM) or a bench folder (results "
+        "table, accuracy bars, alpha of every run) into PNGs (each with a JSON of its data) "
+        "and one report.html with the images embedded.",
+        epilog="examples:\n  modgap report runs/mfeat-pix+fou-lfm-lb-s0\n"
+        "  modgap report bench/mfeat --runs --out reports/mfeat",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("path", metavar="PATH", help="a run folder or a bench folder")
     r.add_argument("--out", metavar="DIR", help="where the PNGs and report.html go (default PATH/report)")
-    r.add_argument("--checkpoint", default="best", metavar="best|last|FILE",
-                   help="checkpoint for the model figures (default best)")
-    r.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the model figures use (default test)")
-    r.add_argument("--replace", default="zero", choices=["zero", "mean"],
-                   help="Shapley: how a left-out modality is replaced (zeros, or its train-split mean input)")
-    r.add_argument("--gradcam-samples", type=int, default=2, metavar="N", help="Grad-CAM samples for ResNet encoders (0: none)")
+    r.add_argument(
+        "--checkpoint", default="best", metavar="best|last|FILE", help="checkpoint for the model figures (default best)"
+    )
+    r.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="split the model figures use (default test)"
+    )
+    r.add_argument(
+        "--replace",
+        default="zero",
+        choices=["zero", "mean"],
+        help="Shapley: how a left-out modality is replaced (zeros, or its train-split mean input)",
+    )
+    r.add_argument(
+        "--gradcam-samples", type=int, default=2, metavar="N", help="Grad-CAM samples for ResNet encoders (0: none)"
+    )
     r.add_argument("--no-model", action="store_true", help="only the figures from the logs (no checkpoint is loaded)")
     r.add_argument("--runs", action="store_true", help="bench folder: add every run's own section")
     r.add_argument("--threads", type=int, metavar="N", help="torch CPU threads for the model figures")
 
-    a = sub.add_parser("analyze", help="analyses: label fitting per modality, Shapley contributions, Grad-CAM",
-                       description="Analyses of modality imbalance.")
+    a = sub.add_parser(
+        "analyze",
+        help="analyses: label fitting per modality, Shapley contributions, Grad-CAM",
+        description="Analyses of modality imbalance.",
+    )
     asub = a.add_subparsers(dest="analysis", metavar="ANALYSIS")
-    lf = asub.add_parser("label-fitting", help="train each modality alone with one-hot, mixed and uniform labels",
-                         description="The LFM paper's motivating experiment: each modality trained alone (unimodal) "
-                                     "with one-hot labels, 0.7 one-hot + 0.3 uniform, and uniform labels (every "
-                                     "target 1/C); per modality the fit to the targets, train and test accuracy, "
-                                     "and the gap between modalities (table.md, table.csv, label_fitting.png).",
-                         epilog="example:\n  modgap analyze label-fitting --data mfeat --modalities pix,fou "
-                                "--epochs 10 --seeds 0,1 --out analysis/labels",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    lf = asub.add_parser(
+        "label-fitting",
+        help="train each modality alone with one-hot, mixed and uniform labels",
+        description="The LFM paper's motivating experiment: each modality trained alone (unimodal) "
+        "with one-hot labels, 0.7 one-hot + 0.3 uniform, and uniform labels (every "
+        "target 1/C); per modality the fit to the targets, train and test accuracy, "
+        "and the gap between modalities (table.md, table.csv, label_fitting.png).",
+        epilog="example:\n  modgap analyze label-fitting --data mfeat --modalities pix,fou "
+        "--epochs 10 --seeds 0,1 --out analysis/labels",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     lf.add_argument("--data", metavar="NAME[:ARG]", help="dataset as in train --data (default mfeat)")
     lf.add_argument("--modalities", metavar="A,B", help="modalities (default: the dataset's)")
     lf.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
     lf.add_argument("--seeds", default="0", metavar="S1,S2", help="training seeds (default 0)")
-    lf.add_argument("--mix", type=float, default=0.3, metavar="F", help="uniform share of the mixed setting (default 0.3)")
+    lf.add_argument(
+        "--mix", type=float, default=0.3, metavar="F", help="uniform share of the mixed setting (default 0.3)"
+    )
     lf.add_argument("--out", required=True, metavar="DIR", help="output folder (runs in DIR/runs)")
     lf.add_argument("--config", metavar="FILE", help="YAML config for the runs (the method is always unimodal)")
     lf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of every run")
     lf.add_argument("--quiet", action="store_true", help="no progress bar")
-    sh = asub.add_parser("shapley", help="exact Shapley contribution of each modality of a trained run",
-                         description="Fused accuracy and true-class fused logit with every subset of modalities "
-                                     "replaced (zeros or train-split mean inputs); exact Shapley values (M <= 6).",
-                         epilog="example:\n  modgap analyze shapley runs/mfeat-pix+fou-lfm-lb-s0 --replace mean",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    sh = asub.add_parser(
+        "shapley",
+        help="exact Shapley contribution of each modality of a trained run",
+        description="Fused accuracy and true-class fused logit with every subset of modalities "
+        "replaced (zeros or train-split mean inputs); exact Shapley values (M <= 6).",
+        epilog="example:\n  modgap analyze shapley runs/mfeat-pix+fou-lfm-lb-s0 --replace mean",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sh.add_argument("run", metavar="RUN", help="a run folder")
-    sh.add_argument("--replace", default="zero", choices=["zero", "mean"], help="replacement of a left-out modality (default zero)")
+    sh.add_argument(
+        "--replace", default="zero", choices=["zero", "mean"], help="replacement of a left-out modality (default zero)"
+    )
     sh.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default test)")
     sh.add_argument("--checkpoint", default="best", metavar="best|last|FILE", help="checkpoint (default best)")
     sh.add_argument("--out", metavar="DIR", help="output folder (default RUN/analysis)")
     sh.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
-    gc = asub.add_parser("gradcam", help="Grad-CAM maps of the ResNet (image, frame, spectrogram) encoders of a run",
-                         description="Heat maps of a ResNet encoder's last stage for the true class of the fused "
-                                     "logits, overlaid on each input frame (PNGs, each with a JSON of its maps).",
-                         epilog="example:\n  modgap analyze gradcam runs/cremad-joint-s0 --samples 4 --checkpoint last",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    gc = asub.add_parser(
+        "gradcam",
+        help="Grad-CAM maps of the ResNet (image, frame, spectrogram) encoders of a run",
+        description="Heat maps of a ResNet encoder's last stage for the true class of the fused "
+        "logits, overlaid on each input frame (PNGs, each with a JSON of its maps).",
+        epilog="example:\n  modgap analyze gradcam runs/cremad-joint-s0 --samples 4 --checkpoint last",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gc.add_argument("run", metavar="RUN", help="a run folder")
     gc.add_argument("--samples", type=int, default=4, metavar="N", help="first N samples of the split (default 4)")
     gc.add_argument("--checkpoint", default="best", metavar="best|last|FILE", help="checkpoint (default best)")
@@ -157,10 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--out", metavar="DIR", help="output folder (default RUN/analysis/gradcam)")
     gc.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
 
-    ls = sub.add_parser("list", help="list datasets, methods, schedules, encoders, fusions",
-                        description="List the registered components.")
-    ls.add_argument("what", nargs="?", default="all",
-                    choices=["all", "datasets", "methods", "schedules", "presets", "encoders", "fusions", "matching"])
+    ls = sub.add_parser(
+        "list",
+        help="list datasets, methods, schedules, encoders, fusions",
+        description="List the registered components.",
+    )
+    ls.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "datasets", "methods", "schedules", "presets", "encoders", "fusions", "matching"],
+    )
     return parser
 
 
@@ -221,17 +286,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (Path(args.out) / "config.yaml").exists():
             raise RunFolderError(f"{args.out}: nothing to resume (no config.yaml); start a run there without --resume")
         config = load_run_config(args.out)
-        config = build(type(config), {"train": {"epochs": args.epochs or config.train.epochs,
-                                                "progress": not args.quiet}}, base=config)
+        config = build(
+            type(config),
+            {"train": {"epochs": args.epochs or config.train.epochs, "progress": not args.quiet}},
+            base=config,
+        )
     else:
         config = make_config(args.config, overrides_from_flags(args), args.set)
     from .methods.base import check_method_settings, method_classes
+    from .methods.compose import check_method_options
 
     method_classes(config.method["name"])  # an unknown method fails here, before any data is read
     try:
         check_method_settings(config.methods)
     except ConfigError as exc:
         raise ConfigError(f"{args.config}: {exc}" if args.config else str(exc)) from None
+    check_method_options(config.method)  # and so does a mistyped method.* key
     summary = train(config, out=args.out or config.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
         print(format_summary(summary))
@@ -250,15 +320,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare as prep
 
-    settings = {"preset": args.preset, "frames": args.frames, "max_frames": args.max_frames,
-                "image_size": args.image_size, "text_model": args.text_model, "max_len": args.max_len}
+    settings = {
+        "preset": args.preset,
+        "frames": args.frames,
+        "max_frames": args.max_frames,
+        "image_size": args.image_size,
+        "text_model": args.text_model,
+        "max_len": args.max_len,
+    }
     for key in ("frames", "max_frames", "image_size", "max_len", "jobs"):
         value = settings.get(key, getattr(args, key, None))
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
-    report = prep.prepare(args.dataset, args.src, args.out, settings=settings, val_fraction=args.val_fraction,
-                          split_seed=args.split_seed, jobs=args.jobs, on_error=args.on_error,
-                          force=args.force, progress=not args.quiet)
+    report = prep.prepare(
+        args.dataset,
+        args.src,
+        args.out,
+        settings=settings,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        jobs=args.jobs,
+        on_error=args.on_error,
+        force=args.force,
+        progress=not args.quiet,
+    )
     print(report.format())
     return 0
 
@@ -270,15 +355,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.collect:
         print(markdown(collect(args.collect)))
         return 0
-    missing = [flag for flag, value in (("--methods", args.methods), ("--data", args.data), ("--out", args.out)) if not value]
+    missing = [
+        flag for flag, value in (("--methods", args.methods), ("--data", args.data), ("--out", args.out)) if not value
+    ]
     if missing:
         raise ConfigError(f"modgap bench needs {', '.join(missing)} (or --collect DIR)")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds expects integers separated by commas, got '{args.seeds}'") from None
-    result = bench(split_list(args.methods), split_list(args.data), seeds, args.out, jobs=args.jobs,
-                   epochs=args.epochs, sets=args.set, config=args.config, progress=not args.quiet)
+    result = bench(
+        split_list(args.methods),
+        split_list(args.data),
+        seeds,
+        args.out,
+        jobs=args.jobs,
+        epochs=args.epochs,
+        sets=args.set,
+        config=args.config,
+        progress=not args.quiet,
+    )
     print(markdown(result["aggregate"]))
     if result["failed"]:
         print(f"modgap: {result['failed']} of {result['cells']} runs failed; see their train.log", file=sys.stderr)
@@ -292,8 +388,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_threads(args)
     if args.gradcam_samples < 0:
         raise ConfigError(f"--gradcam-samples must be >= 0, got {args.gradcam_samples}")
-    path = report(args.path, args.out, per_run=args.runs, checkpoint=args.checkpoint, model=not args.no_model,
-                  replace=args.replace, gradcam_samples=args.gradcam_samples, threads=args.threads, split=args.split)
+    path = report(
+        args.path,
+        args.out,
+        per_run=args.runs,
+        checkpoint=args.checkpoint,
+        model=not args.no_model,
+        replace=args.replace,
+        gradcam_samples=args.gradcam_samples,
+        threads=args.threads,
+        split=args.split,
+    )
     print(f"report: {path}")
     return 0
 
@@ -364,8 +469,9 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
     trainer = load_trained(args.run, args.checkpoint, threads=args.threads)
     out = Path(args.out) if args.out else Path(args.run) / "analysis" / "gradcam"
-    records = run_gradcam(trainer, out, samples=args.samples, split=args.split, modalities=args.modality,
-                          stage=args.stage)
+    records = run_gradcam(
+        trainer, out, samples=args.samples, split=args.split, modalities=args.modality, stage=args.stage
+    )
     for r in records:
         print(f"{r['path']}: {r['modality']} {r['id']} (true {r['label']}, predicted {r['predicted']})")
     return 0
@@ -376,15 +482,20 @@ def format_summary(summary: dict[str, Any]) -> str:
     for m in summary["modalities"]:
         rows.append((m, summary["test"][m], summary["val"][m]["acc"], summary["probe"].get(m)))
     head = f"{'':10s} {'val acc':>8s} {'test acc':>9s} {'test MAP':>9s} {'test F1':>8s} {'probe':>7s}"
-    lines = [f"{summary['method']} on {summary['dataset']} ({'+'.join(summary['modalities'])}), seed {summary['seed']}: "
-             f"best val epoch {summary['best_epoch']} of {summary['epochs']}, {summary['wall_s']:.1f} s", head]
+    lines = [
+        f"{summary['method']} on {summary['dataset']} ({'+'.join(summary['modalities'])}), seed {summary['seed']}: "
+        f"best val epoch {summary['best_epoch']} of {summary['epochs']}, {summary['wall_s']:.1f} s",
+        head,
+    ]
     for name, t, val_acc, probe in rows:
         p = f"{probe:7.3f}" if probe is not None else f"{'-':>7s}"
         lines.append(f"{name:10s} {val_acc:8.3f} {t['acc']:9.3f} {t['map']:9.3f} {t['f1']:8.3f} {p}")
     extra = [f"imbalance (test acc strongest/weakest) {summary['imbalance_test']:.2f}"]
     if summary.get("alpha_final") is not None:
-        extra.append(f"alpha: {summary['alpha_final']:.3f} at the end, {summary.get('alpha_best', summary['alpha_final']):.3f} "
-                     f"at the best epoch")
+        extra.append(
+            f"alpha: {summary['alpha_final']:.3f} at the end, {summary.get('alpha_best', summary['alpha_final']):.3f} "
+            f"at the best epoch"
+        )
     lines.append("; ".join(extra))
     return "\n".join(lines)
 
@@ -392,8 +503,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 def cmd_list(what: str) -> int:
     from .data import DATASETS
     from .methods import METHODS
-    from .methods.schedules import SCHEDULES
     from .methods.matching import MATCHING
+    from .methods.schedules import SCHEDULES
     from .models import ENCODERS, FUSIONS
 
     def first_line(doc: str | None) -> str:

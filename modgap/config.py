@@ -176,7 +176,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -189,7 +189,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
-            if not -2**63 <= value < 2**63:
+            if not -(2**63) <= value < 2**63:
                 raise ConfigError(f"{where}: {_short_int(value)} is out of range (a 64-bit integer)")
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -210,7 +210,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: a NUL character is not allowed, got {value!r}")
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):  # a dataclass, not an instance
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return build(annotation, value, where)
@@ -291,8 +291,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                assignments: list[str] | None = None) -> Config:
+def make_config(
+    file: str | Path | None = None, overrides: dict[str, Any] | None = None, assignments: list[str] | None = None
+) -> Config:
     """Defaults <- YAML file <- explicit overrides (from CLI flags) <- --set assignments."""
     config = Config()
     for layer in (load_yaml(file) if file else {}, overrides or {}, dotted_to_nested(assignments or [])):
@@ -316,8 +317,11 @@ def method_with_settings(method: dict[str, Any], settings: dict[str, dict[str, A
     parts = name.split("+")
     if len(parts) == 1:
         return {"name": name, **settings.get(name, {}), **explicit}
-    nested = {part: {**settings.get(part, {}), **explicit.pop(part, {})}
-              for part in parts if part in settings or isinstance(explicit.get(part), dict)}
+    nested = {
+        part: {**settings.get(part, {}), **explicit.pop(part, {})}
+        for part in parts
+        if part in settings or isinstance(explicit.get(part), dict)
+    }
     return {"name": name, **nested, **explicit}
 
 
@@ -347,11 +351,15 @@ def check(config: Config) -> None:
         (all(0 <= b < 1 for b in config.optim.betas), "optim.betas must be in [0, 1)"),
         (config.data.workers is None or config.data.workers >= 0, "data.workers must be >= 0 (or null: automatic)"),
         (config.data.prefetch_factor >= 1, "data.prefetch_factor must be >= 1"),
-        (config.train.precision != "fp16" or config.train.device.startswith("cuda"),
-         f"train.precision=fp16 needs CUDA (loss-scaled float16); on {config.train.device} use bf16 or fp32"),
-        (not config.train.channels_last or config.train.device.startswith("cuda"),
-         f"train.channels_last is for CUDA; on {config.train.device} oneDNN's channels-last convolution "
-         f"backward can crash for narrow ResNets (see train/precision.py)"),
+        (
+            config.train.precision != "fp16" or config.train.device.startswith("cuda"),
+            f"train.precision=fp16 needs CUDA (loss-scaled float16); on {config.train.device} use bf16 or fp32",
+        ),
+        (
+            not config.train.channels_last or config.train.device.startswith("cuda"),
+            f"train.channels_last is for CUDA; on {config.train.device} oneDNN's channels-last convolution "
+            f"backward can crash for narrow ResNets (see train/precision.py)",
+        ),
         (isinstance(config.method.get("name"), str), "method.name must be a string"),
     ]
     for name, options in config.methods.items():
@@ -360,9 +368,11 @@ def check(config: Config) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
-    for name, choices in (("optim.name", ("sgd", "adam", "adamw")),
-                          ("optim.scheduler", ("none", "step", "cosine")),
-                          ("train.precision", ("fp32", "bf16", "fp16"))):
+    for name, choices in (
+        ("optim.name", ("sgd", "adam", "adamw")),
+        ("optim.scheduler", ("none", "step", "cosine")),
+        ("train.precision", ("fp32", "bf16", "fp16")),
+    ):
         section, key = name.split(".")
         value = getattr(getattr(config, section), key)
         if value not in choices:

@@ -103,8 +103,9 @@ def writing(path: Path):
         yield
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise RunFolderError(f"{path}: disk full; what was written before is intact "
-                                 f"(free space, then continue with --resume)") from None
+            raise RunFolderError(
+                f"{path}: disk full; what was written before is intact (free space, then continue with --resume)"
+            ) from None
         raise RunFolderError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
@@ -123,7 +124,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     head = len(MAGIC) + 65
     if not blob.startswith(MAGIC) or len(blob) < head:
         raise RunFolderError(f"{path}: not a modgap checkpoint or truncated")
-    digest, payload = blob[len(MAGIC):head - 1].decode(), blob[head:]
+    digest, payload = blob[len(MAGIC) : head - 1].decode(), blob[head:]
     if hashlib.sha256(payload).hexdigest() != digest:
         raise RunFolderError(f"{path}: checksum mismatch (the file is truncated or corrupt)")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
@@ -177,7 +178,9 @@ class RunFolder:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and process_alive(pid):
-                    raise RunFolderError(f"{self.path}: in use by process {pid} (remove {lock} if that is wrong)") from None
+                    raise RunFolderError(
+                        f"{self.path}: in use by process {pid} (remove {lock} if that is wrong)"
+                    ) from None
                 lock.unlink(missing_ok=True)  # left behind by a process that died
                 continue
             with os.fdopen(fd, "w") as f:
@@ -250,12 +253,14 @@ class RunFolder:
         if alpha.exists():
             with writing(alpha), alpha.open(newline="") as f:
                 rows = list(csv.reader(f))
-                good = [r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) <= steps_done]  # steps count from 1
+                good = [
+                    r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) <= steps_done
+                ]  # steps count from 1
                 if total_steps:
                     good = [[r[0], r[1], f"{int(r[0]) / total_steps:.6f}", r[3]] for r in good]
                 atomic_write_text(alpha, "".join(",".join(r) + "\n" for r in [rows[0], *good]))
 
-    def alpha_writer(self) -> "AlphaLog":
+    def alpha_writer(self) -> AlphaLog:
         return AlphaLog(self.path / ALPHA_FILE)
 
     def save(self, name: str, state: dict[str, Any]) -> None:
@@ -263,8 +268,10 @@ class RunFolder:
             save_checkpoint(self.checkpoints / name, state)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise RunFolderError(f"{self.checkpoints / name}: disk full; the previous checkpoint is intact "
-                                     f"(free space, then continue with --resume)") from None
+                raise RunFolderError(
+                    f"{self.checkpoints / name}: disk full; the previous checkpoint is intact "
+                    f"(free space, then continue with --resume)"
+                ) from None
             raise RunFolderError(f"{self.checkpoints / name}: cannot write ({exc.strerror})") from None
 
     def load(self, name: str) -> dict[str, Any]:
@@ -304,8 +311,10 @@ class RunFolder:
         """Refuse to start when the disk cannot hold a few checkpoints."""
         free = shutil.disk_usage(self.path).free
         if free < needed_bytes:
-            raise RunFolderError(f"{self.path}: only {free / 2**20:.0f} MiB free, a run needs about "
-                                 f"{needed_bytes / 2**20:.0f} MiB for its checkpoints")
+            raise RunFolderError(
+                f"{self.path}: only {free / 2**20:.0f} MiB free, a run needs about "
+                f"{needed_bytes / 2**20:.0f} MiB for its checkpoints"
+            )
 
 
 class AlphaLog:

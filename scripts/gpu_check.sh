@@ -15,7 +15,7 @@
 #   loader       data.workers=2 with pinned memory on a small prepared folder: same rows as in-process
 #   ddp          torchrun over all visible GPUs (NCCL) against one GPU: same metrics and alpha, with
 #                DistributedDataParallel and with train.ddp=false; mla (unused parameters) runs
-#                (mfeat, as tests/test_distributed.py on CPU); a ResNet bf16 run over all GPUs
+#                (mfeat, as tests/train/test_distributed.py on CPU); a ResNet bf16 run over all GPUs
 #   compile      train.compile (inductor), bf16, lfm-lb every=1 on mfeat: alpha as in eager mode (last:
 #                compilation time varies most)
 #   benchmark    python benchmarks/gpu.py --quick (its table is printed)

@@ -15,7 +15,8 @@ import yaml
 
 from modgap.methods.schedules import matching_weight
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 STEPS_PER_EPOCH = 23  # mfeat: 1440 training rows in batches of 64
 METRIC_KEYS = {"acc", "map", "f1"}
 

@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import NO_PROBE, TINY, read_metrics
+from conftest import NO_PROBE, REPO, TINY, read_metrics, summary_of
 from modgap.cli import main
 from modgap.runs import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 METHODS = {
     "joint": ["--method", "joint"],
@@ -41,12 +40,6 @@ def train_argv(run: Path, method: str, epochs: int = EPOCHS) -> list[str]:
 
 def command(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "modgap", *argv]
-
-
-def summary_of(run: Path) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
-    summary.pop("wall_s")
-    return summary
 
 
 def alpha_rows(run: Path) -> list[tuple[str, ...]]:

@@ -3,7 +3,7 @@ alpha under any hypergradient, random configurations and bad data files, two pro
 
 Every bad input must end in one line ``modgap: error: ...`` and exit code 2 (never a traceback), with
 nothing valid lost or overwritten. Kills at chosen and random points are in tests/test_faults.py; corrupt
-checkpoints and the lock against a dead or live holder in tests/test_resume.py; a killed bench in
+checkpoints and the lock against a dead or live holder in tests/test_runs.py; a killed bench in
 tests/test_bench.py.
 """
 
@@ -228,7 +228,7 @@ def test_corrupt_best_checkpoint_is_named_at_the_end(tmp_path):
 
 # ----------------------------------------------------------------------------------- NaN and inf
 def test_non_finite_loss_stops_naming_epoch_step_and_ids(tmp_path):
-    from modgap.train.trainer import permutation
+    from modgap.train.plan import permutation
 
     run = tmp_path / "r"
     code, _, err = run_cli(*train_argv(run, "--method", "joint", "--set", "optim.lr=1e9"))
@@ -557,7 +557,7 @@ def cut_npy(keep: int):
     return edit
 
 
-# Cases not already in tests/test_data.py (which has: missing labels/folder/label column, duplicate ids,
+# Cases not already in tests/data/test_tables.py (which has: missing labels/folder/label column, duplicate ids,
 # an id missing in a modality, non-number cell, empty files, .npy row count / not an array, non-UTF-8,
 # unknown split, .csv and .npy for one modality, NaN in a table).
 TABLE_CASES = {

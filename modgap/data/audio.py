@@ -150,13 +150,13 @@ def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
     """
     try:
         with _wave.open(os.fspath(path), "rb") as wf:
-            nch, width, sr, nframes = (
-                wf.getnchannels(), wf.getsampwidth(), wf.getframerate(), wf.getnframes())
+            nch, width, sr, nframes = (wf.getnchannels(), wf.getsampwidth(), wf.getframerate(), wf.getnframes())
             raw = wf.readframes(nframes)
         expected = nframes * nch * width
         if len(raw) < expected:
-            raise _wav_error(path, f"truncated data: header declares {nframes} frames, "
-                                   f"file holds {len(raw) // max(nch * width, 1)}")
+            raise _wav_error(
+                path, f"truncated data: header declares {nframes} frames, file holds {len(raw) // max(nch * width, 1)}"
+            )
         if nch < 1 or sr <= 0:
             raise _wav_error(path, f"invalid header: {nch} channels at {sr} Hz")
         try:
@@ -192,8 +192,7 @@ def _read_wav_scipy(path: PathLike) -> tuple[np.ndarray, int]:
 # Signal helpers
 # --------------------------------------------------------------------------- #
 def _check_rate(sr: object, what: str = "sample rate") -> int:
-    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float, np.floating)) \
-            or sr <= 0 or int(sr) != sr:
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float, np.floating)) or sr <= 0 or int(sr) != sr:
         raise ValueError(f"{what} must be a positive integer, got {sr!r}")
     return int(sr)
 
@@ -202,8 +201,9 @@ def _as_mono(x: object) -> np.ndarray:
     """Validate a waveform: non-empty, 1-D, finite; returned as float64."""
     arr = np.asarray(x)
     if arr.ndim != 1:
-        raise ValueError(f"expected a mono 1-D waveform, got shape {arr.shape}; "
-                         "mix channels to mono first (e.g. wave.mean(axis=0))")
+        raise ValueError(
+            f"expected a mono 1-D waveform, got shape {arr.shape}; mix channels to mono first (e.g. wave.mean(axis=0))"
+        )
     if arr.size == 0:
         raise ValueError("empty waveform: cannot compute audio features from 0 samples")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
@@ -242,8 +242,7 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out:
         return x.astype(dtype, copy=True)
     g = math.gcd(sr_in, sr_out)
-    return scipy.signal.resample_poly(x.astype(np.float64), sr_out // g, sr_in // g,
-                                      axis=-1).astype(dtype)
+    return scipy.signal.resample_poly(x.astype(np.float64), sr_out // g, sr_in // g, axis=-1).astype(dtype)
 
 
 def stft_log_magnitude(x: np.ndarray, n_fft: int, hop: int, eps: float = 1e-7) -> np.ndarray:
@@ -290,12 +289,10 @@ def _kaldi_window(kind: str, n: int) -> np.ndarray:
         return np.ones(n)
     if kind == "blackman":
         return 0.42 - 0.5 * np.cos(a * i) + 0.08 * np.cos(2.0 * a * i)
-    raise ValueError(f"unknown window {kind!r}; choose from "
-                     "'hanning', 'hamming', 'povey', 'rectangular', 'blackman'")
+    raise ValueError(f"unknown window {kind!r}; choose from 'hanning', 'hamming', 'povey', 'rectangular', 'blackman'")
 
 
-def kaldi_mel_banks(num_bins: int, padded_window_size: int, sr: int,
-                    low_freq: float, high_freq: float) -> np.ndarray:
+def kaldi_mel_banks(num_bins: int, padded_window_size: int, sr: int, low_freq: float, high_freq: float) -> np.ndarray:
     """Kaldi triangular mel filters, shape ``(num_bins, padded_window_size // 2 + 1)``.
 
     Filter ``m`` rises linearly *in mel* from ``mel_low + m * d`` to its centre
@@ -317,10 +314,17 @@ def kaldi_mel_banks(num_bins: int, padded_window_size: int, sr: int,
     return np.pad(banks, ((0, 0), (0, 1)))
 
 
-def kaldi_fbank(wave: np.ndarray, sr: int, num_mel_bins: int = 128,
-                frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0,
-                low_freq: float = 20.0, high_freq: float = 0.0, preemph: float = 0.97,
-                window: str = "hanning") -> np.ndarray:
+def kaldi_fbank(
+    wave: np.ndarray,
+    sr: int,
+    num_mel_bins: int = 128,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    low_freq: float = 20.0,
+    high_freq: float = 0.0,
+    preemph: float = 0.97,
+    window: str = "hanning",
+) -> np.ndarray:
     """Kaldi-compatible log mel filterbank (``torchaudio.compliance.kaldi.fbank``).
 
     Settings are those used by AST: ``dither=0``, ``use_energy=False``,
@@ -353,23 +357,22 @@ def kaldi_fbank(wave: np.ndarray, sr: int, num_mel_bins: int = 128,
     win = int(sr * frame_length_ms * 0.001)
     shift = int(sr * frame_shift_ms * 0.001)
     if win < 2 or shift < 1:
-        raise ValueError(f"frame length/shift too small at {sr} Hz: "
-                         f"{win} and {shift} samples")
+        raise ValueError(f"frame length/shift too small at {sr} Hz: {win} and {shift} samples")
     if num_mel_bins <= 3:
         raise ValueError(f"num_mel_bins must be > 3, got {num_mel_bins}")
     nyquist = 0.5 * sr
     if high_freq <= 0.0:
         high_freq += nyquist
     if not (0.0 <= low_freq < nyquist and 0.0 < high_freq <= nyquist and low_freq < high_freq):
-        raise ValueError(f"bad frequency range: low_freq={low_freq}, high_freq={high_freq} "
-                         f"(Nyquist {nyquist})")
+        raise ValueError(f"bad frequency range: low_freq={low_freq}, high_freq={high_freq} (Nyquist {nyquist})")
     padded_size = 1 << (win - 1).bit_length()  # round_to_power_of_two
     window_fn = _kaldi_window(window, win)
     banks = kaldi_mel_banks(num_mel_bins, padded_size, sr, low_freq, high_freq)
 
     if x.size < win:  # torchaudio asserts the same
-        raise ValueError(f"waveform of {x.size} samples is shorter than one "
-                         f"{frame_length_ms:g} ms frame ({win} samples at {sr} Hz)")
+        raise ValueError(
+            f"waveform of {x.size} samples is shorter than one {frame_length_ms:g} ms frame ({win} samples at {sr} Hz)"
+        )
     n_frames = 1 + (x.size - win) // shift
     frames = np.lib.stride_tricks.sliding_window_view(x, win)[::shift][:n_frames].copy()
     frames -= frames.mean(axis=1, keepdims=True)
@@ -395,8 +398,9 @@ class AudioPreset(abc.ABC):
         """Shape of the float32 matrix returned by :meth:`__call__`."""
 
     @abc.abstractmethod
-    def __call__(self, wave: np.ndarray, sr: int, *, train: bool = False,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+    def __call__(
+        self, wave: np.ndarray, sr: int, *, train: bool = False, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """Transform a mono waveform sampled at ``sr`` Hz into features."""
 
     # The prepared cache stores the deterministic part; ``online`` does the rest per batch.
@@ -460,13 +464,11 @@ class CroppedSTFTPreset(AudioPreset):
     def output_shape(self) -> tuple[int, int]:
         return 1 + self.n_fft // 2, 1 + self.crop_samples // self.hop_length
 
-    def crop_start(self, length: int, *, train: bool = False,
-                   rng: np.random.Generator | None = None) -> int:
+    def crop_start(self, length: int, *, train: bool = False, rng: np.random.Generator | None = None) -> int:
         """Start index of the crop in a (tiled) waveform of ``length`` samples."""
         slack = length - self.crop_samples
         if slack < 0:
-            raise ValueError(f"waveform of {length} samples is shorter than the "
-                             f"{self.crop_samples}-sample crop")
+            raise ValueError(f"waveform of {length} samples is shorter than the {self.crop_samples}-sample crop")
         if not train:
             return slack // 2
         rng = np.random.default_rng() if rng is None else rng
@@ -476,7 +478,7 @@ class CroppedSTFTPreset(AudioPreset):
         x = resample(_as_mono(wave), sr, self.sample_rate)
         x = tile_to(x, max(x.size, self.min_samples, self.crop_samples))
         start = self.crop_start(x.size, train=train, rng=rng)
-        x = np.clip(x[start:start + self.crop_samples], -1.0, 1.0)
+        x = np.clip(x[start : start + self.crop_samples], -1.0, 1.0)
         return stft_log_magnitude(x, self.n_fft, self.hop_length, self.eps)
 
     # Cached form: the log-STFT of the whole clip tiled (or cut) to ``min_samples``; the crop is
@@ -488,17 +490,20 @@ class CroppedSTFTPreset(AudioPreset):
 
     def cache(self, wave: np.ndarray, sr: int) -> np.ndarray:
         x = resample(_as_mono(wave), sr, self.sample_rate)
-        x = np.clip(tile_to(x, max(x.size, self.min_samples))[:self.min_samples], -1.0, 1.0)
+        x = np.clip(tile_to(x, max(x.size, self.min_samples))[: self.min_samples], -1.0, 1.0)
         return stft_log_magnitude(x, self.n_fft, self.hop_length, self.eps)
 
     def online(self, cached: np.ndarray, *, train: bool, rng: np.random.Generator) -> np.ndarray:
         width = self.output_shape[1]
         slack = cached.shape[-1] - width
-        starts = (rng.integers(0, slack, size=cached.shape[:-2], endpoint=True) if train
-                  else np.full(cached.shape[:-2], slack // 2))
+        starts = (
+            rng.integers(0, slack, size=cached.shape[:-2], endpoint=True)
+            if train
+            else np.full(cached.shape[:-2], slack // 2)
+        )
         out = np.empty((*cached.shape[:-1], width), dtype=cached.dtype)
         for index in np.ndindex(*cached.shape[:-2]):
-            out[index] = cached[index][:, starts[index]:starts[index] + width]
+            out[index] = cached[index][:, starts[index] : starts[index] + width]
         return out
 
 
@@ -530,9 +535,17 @@ class KaldiFbankPreset(AudioPreset):
 
     def __call__(self, wave, sr, *, train=False, rng=None):
         x = _as_mono(wave)
-        fbank = kaldi_fbank(x - x.mean(), sr, self.num_mel_bins, self.frame_length_ms,
-                            self.frame_shift_ms, self.low_freq, self.high_freq,
-                            self.preemph, self.window)
+        fbank = kaldi_fbank(
+            x - x.mean(),
+            sr,
+            self.num_mel_bins,
+            self.frame_length_ms,
+            self.frame_shift_ms,
+            self.low_freq,
+            self.high_freq,
+            self.preemph,
+            self.window,
+        )
         out = np.zeros(self.output_shape, dtype=np.float32)
         n = min(fbank.shape[0], self.target_length)
         out[:n] = fbank[:n]
@@ -541,13 +554,12 @@ class KaldiFbankPreset(AudioPreset):
 
 AUDIO_PRESETS: Registry[AudioPreset] = Registry("audio preset")
 for _preset in (
-    TiledSTFTPreset("ogmge_stft", sample_rate=22050, num_samples=3 * 22050,
-                    n_fft=512, hop_length=353),
-    TiledSTFTPreset("lfm_stft", sample_rate=22050, num_samples=20 * 22050,
-                    n_fft=512, hop_length=353),
+    TiledSTFTPreset("ogmge_stft", sample_rate=22050, num_samples=3 * 22050, n_fft=512, hop_length=353),
+    TiledSTFTPreset("lfm_stft", sample_rate=22050, num_samples=20 * 22050, n_fft=512, hop_length=353),
     KaldiFbankPreset("ast_fbank"),
-    CroppedSTFTPreset("vggsound_stft", sample_rate=16000, min_samples=10 * 16000,
-                      crop_samples=5 * 16000, n_fft=256, hop_length=128),
+    CroppedSTFTPreset(
+        "vggsound_stft", sample_rate=16000, min_samples=10 * 16000, crop_samples=5 * 16000, n_fft=256, hop_length=128
+    ),
 ):
     AUDIO_PRESETS.register(_preset.name)(_preset)
 del _preset
@@ -572,5 +584,4 @@ def get_audio_preset(name: str) -> AudioPreset:
         return AUDIO_PRESETS.get(name)
     hint = closest(str(name), AUDIO_PRESETS)
     hint = hint if "did you mean" in hint else ""  # every name is listed after it anyway
-    raise UnknownAudioPresetError(
-        f"unknown audio preset {name!r}{hint}; valid names: {', '.join(AUDIO_PRESETS)}")
+    raise UnknownAudioPresetError(f"unknown audio preset {name!r}{hint}; valid names: {', '.join(AUDIO_PRESETS)}")

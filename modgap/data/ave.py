@@ -50,20 +50,25 @@ class AVE(RawFormat):
             for n, line in enumerate(lines, 1):
                 fields = line.split("&")
                 if len(fields) != 5 or not fields[0] or not fields[1]:
-                    problems.append((fields[1] if len(fields) > 1 else f"{filename}:{n}",
-                                     f"{filename} line {n}: expected 'Category&ytid&quality&start&end', got '{line}'"))
+                    problems.append(
+                        (
+                            fields[1] if len(fields) > 1 else f"{filename}:{n}",
+                            f"{filename} line {n}: expected 'Category&ytid&quality&start&end', got '{line}'",
+                        )
+                    )
                     continue
                 entries.append((split, filename, n, fields[0], fields[1]))
         where = defaultdict(list)
-        for split, filename, n, category, ytid in entries:
+        for _split, filename, n, category, ytid in entries:
             where[ytid].append(f"{filename}:{n} {category}")
         classes = sorted({category for *_, category, _ in entries})
         samples, dropped = [], []
         media = MediaFinder(src, ("audio", "Audios"), ("frames", "visual"), ("AVE",), video_first=True)
-        for split, filename, n, category, ytid in entries:
+        for split, filename, _n, category, ytid in entries:
             if len(where[ytid]) > 1:
-                dropped.append((ytid, f"duplicated id, dropped: listed {len(where[ytid])} times "
-                                      f"({'; '.join(where[ytid])})"))
+                dropped.append(
+                    (ytid, f"duplicated id, dropped: listed {len(where[ytid])} times ({'; '.join(where[ytid])})")
+                )
                 continue
             audio, frames, problem = media.find(ytid)
             if problem:

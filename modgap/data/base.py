@@ -46,14 +46,14 @@ def pixels_to_model(x: torch.Tensor) -> torch.Tensor:
     return x.float().mul_(scale).sub_(shift)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pixel_affine(channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 / (255 std), mean / std) as (C, 1, 1) tensors on ``device``, made once (not a host-to-device
     copy per batch)."""
     mean, std = norm_for(channels)
     shape = (channels, 1, 1)
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(shape)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(shape)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(shape)
     return scale, shift
 
 
@@ -66,10 +66,14 @@ class Batch:
     share: float = 1.0
     """This process's share of the global batch (1 on one process; see train/distributed.py)."""
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """On ``device``, as the model takes it: uint8 pixels normalised there (see the module's doc)."""
-        return Batch({m: pixels_to_model(x.to(device, non_blocking=True)) for m, x in self.inputs.items()},
-                     self.y.to(device, non_blocking=True), self.index, self.share)
+        return Batch(
+            {m: pixels_to_model(x.to(device, non_blocking=True)) for m, x in self.inputs.items()},
+            self.y.to(device, non_blocking=True),
+            self.index,
+            self.share,
+        )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -121,9 +125,16 @@ class MultimodalDataset(abc.ABC):
 class FeatureDataset(MultimodalDataset):
     """Feature vectors per modality, held in memory (mfeat, feature tables)."""
 
-    def __init__(self, name: str, features: dict[str, np.ndarray], labels: np.ndarray,
-                 ids: list[str], classes: list[str], splits: dict[str, np.ndarray],
-                 standardize: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        features: dict[str, np.ndarray],
+        labels: np.ndarray,
+        ids: list[str],
+        classes: list[str],
+        splits: dict[str, np.ndarray],
+        standardize: bool = True,
+    ) -> None:
         self.name = name
         self.modalities = tuple(features)
         self.classes = list(classes)
@@ -151,8 +162,9 @@ class FeatureDataset(MultimodalDataset):
         return Batch({m: x[index] for m, x in self._x.items()}, self._y[index], index)
 
 
-def select_modalities(available: tuple[str, ...], wanted: tuple[str, ...], default: tuple[str, ...],
-                      source: str) -> tuple[str, ...]:
+def select_modalities(
+    available: tuple[str, ...], wanted: tuple[str, ...], default: tuple[str, ...], source: str
+) -> tuple[str, ...]:
     """Check a user's modality choice against what ``source`` has; at least two are needed."""
     chosen = tuple(wanted) or tuple(default)
     for m in chosen:

@@ -50,8 +50,13 @@ class CremaD(RawFormat):
                 if not wav.exists():
                     problems.append((clip, f"{wav}: listed in {filename} but missing"))
                 elif frames is None:
-                    problems.append((clip, f"{src / 'VideoFlash' / (clip + '.flv')}: listed in {filename} but "
-                                           f"missing (nor a frame folder in Image-01-FPS/)"))
+                    problems.append(
+                        (
+                            clip,
+                            f"{src / 'VideoFlash' / (clip + '.flv')}: listed in {filename} but "
+                            f"missing (nor a frame folder in Image-01-FPS/)",
+                        )
+                    )
                 else:
                     samples.append(RawSample(clip, label, split, {"audio": wav, "visual": frames}))
         return RawIndex(CLASSES, samples, problems, sources)

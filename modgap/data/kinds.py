@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .audio import get_audio_preset, read_wav
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
-KINDS: Registry[type["ModalityKind"]] = Registry("modality kind")
+KINDS: Registry[type[ModalityKind]] = Registry("modality kind")
 
 
 def torch_seeded_numpy() -> np.random.Generator:
@@ -79,11 +80,16 @@ def read_audio(path: Path, sample_rate: int | None = None) -> tuple[np.ndarray, 
         raise DataError(f"{path}: file not found")
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        raise DataError(f"{path}: reading sound from a video needs ffmpeg on PATH (apt-get install ffmpeg), "
-                        f"or give the audio as .wav files")
+        raise DataError(
+            f"{path}: reading sound from a video needs ffmpeg on PATH (apt-get install ffmpeg), "
+            f"or give the audio as .wav files"
+        )
     rate = sample_rate or 16000
-    proc = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(rate),
-                           "-f", "f32le", "-"], capture_output=True, check=False)
+    proc = subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"],
+        capture_output=True,
+        check=False,
+    )
     if proc.returncode != 0 or not proc.stdout:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()
         raise DataError(f"{path}: no readable sound track ({reason[-1] if reason else 'empty'})")
@@ -101,8 +107,12 @@ class AudioKind(ModalityKind):
 
     def describe(self) -> dict[str, Any]:
         import dataclasses
-        return {"kind": self.name, "preset": self.preset.name,
-                "preset_params": {k: v for k, v in dataclasses.asdict(self.preset).items() if k != "name"}}
+
+        return {
+            "kind": self.name,
+            "preset": self.preset.name,
+            "preset_params": {k: v for k, v in dataclasses.asdict(self.preset).items() if k != "name"},
+        }
 
     @property
     def cache_shape(self) -> tuple[int, ...]:
@@ -133,7 +143,7 @@ def load_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)
+            img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -176,7 +186,7 @@ def augment(images: torch.Tensor, train: bool, flip: bool = True) -> torch.Tenso
     boxes = random_resized_crop_boxes(n, h, w)
     flipped = (torch.rand(n) < 0.5).tolist() if flip else [False] * n
     for i, (top, left, bh, bw) in enumerate(boxes):
-        crop = x[i, :, :, top:top + bh, left:left + bw]
+        crop = x[i, :, :, top : top + bh, left : left + bw]
         if flipped[i]:  # flip the (smaller) crop: resizing commutes with a horizontal flip
             crop = crop.flip(-1)
         crop = crop.contiguous(memory_format=torch.channels_last)
@@ -210,8 +220,9 @@ class ImageKind(ModalityKind):
 
 
 # ----------------------------------------------------------------------------------- frames
-def video_frames_1fps(path: Path, size: int, channels: int = 3,
-                      frame_range: tuple[int, int] | None = None, every: int | None = None) -> list[np.ndarray]:
+def video_frames_1fps(
+    path: Path, size: int, channels: int = 3, frame_range: tuple[int, int] | None = None, every: int | None = None
+) -> list[np.ndarray]:
     """Frames of a video: one per second (the frame nearest each whole second + 0.5 s), or, with
     ``frame_range``, frames start..end-1 taken every ``every`` frames. Resized to size x size."""
     try:
@@ -296,11 +307,19 @@ class FramesKind(ModalityKind):
     dtype = "uint8"
     has_count = True
 
-    def __init__(self, image_size: int = 224, max_frames: int = 10, frames: int = 3, channels: int = 3,
-                 every: int = 1, flip: bool = True) -> None:
+    def __init__(
+        self,
+        image_size: int = 224,
+        max_frames: int = 10,
+        frames: int = 3,
+        channels: int = 3,
+        every: int = 1,
+        flip: bool = True,
+    ) -> None:
         # flip: horizontal flips in training; off for data whose classes are mirror images (gestures)
-        super().__init__(image_size=image_size, max_frames=max_frames, frames=frames, channels=channels, every=every,
-                         flip=flip)
+        super().__init__(
+            image_size=image_size, max_frames=max_frames, frames=frames, channels=channels, every=every, flip=flip
+        )
         self.size, self.max_frames, self.frames, self.channels = image_size, max_frames, frames, channels
 
     @property
@@ -310,17 +329,21 @@ class FramesKind(ModalityKind):
     def process(self, source: Any) -> tuple[np.ndarray, int]:
         if isinstance(source, tuple):  # (video, start, end): a frame range (NVGesture)
             video, start, end = source
-            frames = video_frames_1fps(Path(video), self.size, self.channels, (int(start), int(end)),
-                                       self.params["every"])
+            frames = video_frames_1fps(
+                Path(video), self.size, self.channels, (int(start), int(end)), self.params["every"]
+            )
         else:
             path = Path(source)
-            frames = (folder_frames(path, self.size, self.channels) if path.is_dir() or not path.suffix
-                      else video_frames_1fps(path, self.size, self.channels))
+            frames = (
+                folder_frames(path, self.size, self.channels)
+                if path.is_dir() or not path.suffix
+                else video_frames_1fps(path, self.size, self.channels)
+            )
         if len(frames) > self.max_frames:  # keep max_frames spread evenly over the clip
             keep = np.linspace(0, len(frames) - 1, self.max_frames).round().astype(int)
             frames = [frames[i] for i in keep]
         out = np.zeros(self.cache_shape, dtype=np.uint8)
-        out[:len(frames)] = np.stack(frames)
+        out[: len(frames)] = np.stack(frames)
         return out, len(frames)
 
     def online(self, cached, counts, train, frames: int | None = None):
@@ -348,6 +371,7 @@ class TextKind(ModalityKind):
     def tokenizer(self):
         if self._tokenizer is None:
             from ..models.text import build_tokenizer
+
             self._tokenizer = build_tokenizer(self.params["text_model"])
         return self._tokenizer
 
@@ -365,6 +389,7 @@ class TextKind(ModalityKind):
             except OSError as exc:
                 raise DataError(f"{source}: cannot read ({exc.strerror})") from None
         from ..models.text import tokenize
+
         return tokenize(self.tokenizer, [str(text)], self.params["max_len"])[0].astype(np.int32), 1
 
     def online(self, cached, counts, train):

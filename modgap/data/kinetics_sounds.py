@@ -40,7 +40,9 @@ class Listing:
     """The names in one folder, read once (a stat per listed id is slow on large lists)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.files, self.dirs = path, set(), set()
+        self.path = path
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
         try:
             with os.scandir(path) as entries:
                 for entry in entries:
@@ -53,8 +55,14 @@ class MediaFinder:
     """Per clip id: the sound (a wav, else a video's sound track) and the frames (a frame folder,
     else the video), looked up in the given sub-folders of SRC in order."""
 
-    def __init__(self, src: Path, audio_dirs: tuple[str, ...], frame_dirs: tuple[str, ...],
-                 video_dirs: tuple[str, ...], video_first: bool = False) -> None:
+    def __init__(
+        self,
+        src: Path,
+        audio_dirs: tuple[str, ...],
+        frame_dirs: tuple[str, ...],
+        video_dirs: tuple[str, ...],
+        video_first: bool = False,
+    ) -> None:
         self.src, self.video_first = src, video_first
         self.audio = [Listing(src / d) for d in audio_dirs]
         self.frames = [Listing(src / d) for d in frame_dirs]
@@ -76,12 +84,26 @@ class MediaFinder:
         video_path = self.videos[0].path / f"{clip}.mp4"
         if audio is None:
             wav = self.audio[0].path / f"{clip}.wav"
-            return None, None, (f"{video_path}: missing (nor a sound file {wav})" if self.video_first
-                                else f"{wav}: missing (nor a video {video_path})")
+            return (
+                None,
+                None,
+                (
+                    f"{video_path}: missing (nor a sound file {wav})"
+                    if self.video_first
+                    else f"{wav}: missing (nor a video {video_path})"
+                ),
+            )
         if frames is None:
             folder = self.frames[0].path / clip
-            return None, None, (f"{video_path}: missing (nor a frame folder {folder})" if self.video_first
-                                else f"{folder}: frame folder missing (nor a video {video_path})")
+            return (
+                None,
+                None,
+                (
+                    f"{video_path}: missing (nor a frame folder {folder})"
+                    if self.video_first
+                    else f"{folder}: frame folder missing (nor a video {video_path})"
+                ),
+            )
         return audio, frames, None
 
 
@@ -98,8 +120,10 @@ def read_class_file(path: Path, expected: int | None = None) -> tuple[list[str],
         dup = next(n for n in names if names.count(n) > 1)
         raise DataError(f"{path}: class '{dup}' listed twice")
     if expected is not None and len(names) != expected:
-        raise DataError(f"{path}: {len(names)} class names, but the split lists use {expected} label "
-                        f"indices (0-{expected - 1}); give one name per index, in index order")
+        raise DataError(
+            f"{path}: {len(names)} class names, but the split lists use {expected} label "
+            f"indices (0-{expected - 1}); give one name per index, in index order"
+        )
     if not names:
         raise DataError(f"{path}: no class names")
     return names, hashlib.sha256(blob).hexdigest()
@@ -108,8 +132,10 @@ def read_class_file(path: Path, expected: int | None = None) -> tuple[list[str],
 @register_raw
 class KineticsSounds(RawFormat):
     name = "kinetics-sounds"
-    summary = ("Kinetics-Sounds, 31 classes (OGM-GE split), audio + visual; modgap prepare kinetics-sounds, "
-               "then --data kinetics-sounds:DIR")
+    summary = (
+        "Kinetics-Sounds, 31 classes (OGM-GE split), audio + visual; modgap prepare kinetics-sounds, "
+        "then --data kinetics-sounds:DIR"
+    )
     modalities = {"audio": "audio", "visual": "frames"}
     defaults = {"audio": {"preset": "ast_fbank"}, "visual": {"frames": 3, "max_frames": 10}}
 
@@ -127,8 +153,10 @@ class KineticsSounds(RawFormat):
             class_note = f"class names from {class_file} (line i = label index i)"
         else:
             classes = [str(i) for i in range(NUM_CLASSES)]
-            class_note = ("label indices 0-30 as strings: no class-name file given "
-                          "(put one in SRC/classes.txt or pass options={'classes': PATH})")
+            class_note = (
+                "label indices 0-30 as strings: no class-name file given "
+                "(put one in SRC/classes.txt or pass options={'classes': PATH})"
+            )
         samples, problems = [], []
         media = MediaFinder(src, ("audio",), ("visual", "frames"), ("videos", "video"))
         for split, filename in (("train", "train.txt"), ("test", "test.txt")):
@@ -141,8 +169,9 @@ class KineticsSounds(RawFormat):
                     problems.append((clip, f"{filename} line {n}: expected '<id>,10,<label index 0-30>', got '{line}'"))
                     continue
                 if not (LONG_ID.match(clip) or SHORT_ID.match(clip)):
-                    problems.append((clip, f"{filename} line {n}: id '{clip}' is neither <ytid>_<start6>_<end6> "
-                                           f"nor <ytid>_<n>"))
+                    problems.append(
+                        (clip, f"{filename} line {n}: id '{clip}' is neither <ytid>_<start6>_<end6> nor <ytid>_<n>")
+                    )
                     continue
                 audio, frames, problem = media.find(clip)
                 if problem:
@@ -152,8 +181,10 @@ class KineticsSounds(RawFormat):
         notes = {
             "class_list": class_note,
             "num_classes": NUM_CLASSES,
-            "class_convention": ("31 classes: the OGM-GE split (GeWu-Lab/OGM-GE_CVPR2022, data/KineticSound); "
-                                 "the original Kinetics-Sounds list has 34 and other repositories use 32 or 33"),
+            "class_convention": (
+                "31 classes: the OGM-GE split (GeWu-Lab/OGM-GE_CVPR2022, data/KineticSound); "
+                "the original Kinetics-Sounds list has 34 and other repositories use 32 or 33"
+            ),
             "missing_ids": len(problems),
         }
         return RawIndex(classes, samples, problems, sources, notes)

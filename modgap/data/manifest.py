@@ -65,7 +65,12 @@ CATEGORIES = {  # what a cell holds -> (modality kind, words for messages)
     "text": ("text", "text"),
 }
 PATH_CATEGORIES = ("audio", "image", "frames", "textfile")
-DEFAULTS = {"audio": {"preset": "ogmge_stft"}, "image": {"image_size": 224}, "frames": {}, "text": {}}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "audio": {"preset": "ogmge_stft"},
+    "image": {"image_size": 224},
+    "frames": {},
+    "text": {},
+}
 SETTINGS = ("preset", "image_size", "max_frames", "text_model", "max_len")
 """data.options keys that shape the prepared arrays (and so the cache key)."""
 OPTIONS = (*SETTINGS, "jobs", "verify")
@@ -155,7 +160,7 @@ def read_manifest(path: Path) -> ManifestTable:
     for line, record in records[1:]:
         if len(record) != len(header):
             raise DataError(f"{path}: line {line} has {len(record)} fields, the header has {len(header)}")
-        cells = dict(zip(header, record))
+        cells = dict(zip(header, record, strict=True))
         sid, label = cells["id"].strip(), cells["label"].strip()
         if not sid:
             raise DataError(f"{path}: line {line}: empty id")
@@ -179,8 +184,10 @@ def read_manifest(path: Path) -> ManifestTable:
             want = table.columns[m]
             if cat == want or (want == "frames" and cat == "text" and not Path(value).suffix):
                 continue  # (a frame folder that is missing is reported per row, not as a kind clash)
-            raise DataError(f"{path}: line {line}, column '{m}': '{_short(value)}' is {CATEGORIES[cat][1]}, but "
-                            f"the column holds {CATEGORIES[want][1]} (from line {first[m]})")
+            raise DataError(
+                f"{path}: line {line}, column '{m}': '{_short(value)}' is {CATEGORIES[cat][1]}, but "
+                f"the column holds {CATEGORIES[want][1]} (from line {first[m]})"
+            )
         table.rows.append({"id": sid, "label": label, "split": split, "line": line, "cells": row_cells})
     empty = [m for m in modalities if m not in table.columns]
     if empty:
@@ -200,13 +207,15 @@ def read_manifest(path: Path) -> ManifestTable:
     else:
         table.classes = class_list([r["label"] for r in table.rows])
     if table.has_split and not any(r["split"] == "test" for r in table.rows):
-        raise DataError(f"{path}: the split column names no test rows (add some, or drop the column to carve a test split)")
+        raise DataError(
+            f"{path}: the split column names no test rows (add some, or drop the column to carve a test split)"
+        )
     return table
 
 
 def _short(value: str, n: int = 60) -> str:
     value = " ".join(value.split())
-    return value if len(value) <= n else value[:n - 3] + "..."
+    return value if len(value) <= n else value[: n - 3] + "..."
 
 
 class ManifestFormat(RawFormat):
@@ -222,7 +231,7 @@ class ManifestFormat(RawFormat):
             self.defaults = {m: DEFAULTS[k] for m, k in self.modalities.items()}
             self.has_val = table.has_split and any(r["split"] == "val" for r in table.rows)
 
-    def for_source(self, src: Path) -> "ManifestFormat":
+    def for_source(self, src: Path) -> ManifestFormat:
         return ManifestFormat(read_manifest(src))
 
     def index(self, src: Path, options: dict[str, Any]) -> RawIndex:
@@ -258,8 +267,11 @@ class ManifestFormat(RawFormat):
         files = {"manifest.csv": file_sha256(table.csv)}
         if table.classes_file is not None:
             files["classes.txt"] = file_sha256(table.classes_file)
-        notes = {"manifest": str(table.csv), "columns": {m: CATEGORIES[c][1] for m, c in table.columns.items()},
-                 "test_carved": not table.has_split}
+        notes = {
+            "manifest": str(table.csv),
+            "columns": {m: CATEGORIES[c][1] for m, c in table.columns.items()},
+            "test_carved": not table.has_split,
+        }
         if not table.has_split:
             notes["test_fraction"] = float(options.get("test_fraction", DataConfig.test_fraction))
         return RawIndex(list(table.classes), samples, problems, files, notes)
@@ -280,10 +292,17 @@ def _carve_test(samples: list[RawSample], classes: list[str], options: dict[str,
 def cache_key(table: ManifestTable, settings: dict[str, Any], cfg: DataConfig) -> str:
     """sha256 over everything that shapes the prepared folder (see the module docstring)."""
     digest = hashlib.sha256()
-    head = {"format": FORMAT_VERSION, "modgap": __version__, "settings": settings, "on_error": cfg.on_error,
-            "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed,
-            "manifest": file_sha256(table.csv),
-            "classes": file_sha256(table.classes_file) if table.classes_file else None}
+    head = {
+        "format": FORMAT_VERSION,
+        "modgap": __version__,
+        "settings": settings,
+        "on_error": cfg.on_error,
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": cfg.test_fraction,
+        "split_seed": cfg.split_seed,
+        "manifest": file_sha256(table.csv),
+        "classes": file_sha256(table.classes_file) if table.classes_file else None,
+    }
     digest.update(json.dumps(head, sort_keys=True).encode())
     for row in table.rows:
         for m, cat in table.columns.items():
@@ -321,14 +340,27 @@ def ensure_prepared(path: Path, cfg: DataConfig) -> Path:
     try:
         root.mkdir(exist_ok=True)
     except OSError as exc:
-        raise DataError(f"{root}: cannot write the cache beside the manifest ({exc.strerror}); prepare it elsewhere "
-                        f"with `modgap prepare manifest --src {table.csv} --out DIR` and use --data manifest:DIR") from None
+        raise DataError(
+            f"{root}: cannot write the cache beside the manifest ({exc.strerror}); prepare it elsewhere "
+            f"with `modgap prepare manifest --src {table.csv} --out DIR` and use --data manifest:DIR"
+        ) from None
     print(f"modgap: preparing {table.csv} (first use with these settings) into {out}", file=sys.stderr)
-    report = prepare("manifest", table.csv, out, settings=settings, val_fraction=cfg.val_fraction,
-                     split_seed=cfg.split_seed, jobs=int(cfg.options.get("jobs", 1)), on_error=cfg.on_error,
-                     progress=False, options={"test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed})
-    print(f"modgap: prepared {sum(sum(c.values()) for c in report.counts.values())} samples in "
-          f"{report.seconds:.1f} s", file=sys.stderr)
+    report = prepare(
+        "manifest",
+        table.csv,
+        out,
+        settings=settings,
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        jobs=int(cfg.options.get("jobs", 1)),
+        on_error=cfg.on_error,
+        progress=False,
+        options={"test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
+    )
+    print(
+        f"modgap: prepared {sum(sum(c.values()) for c in report.counts.values())} samples in {report.seconds:.1f} s",
+        file=sys.stderr,
+    )
     _report_skipped(out, table.csv, fresh=True)
     return out
 
@@ -339,8 +371,11 @@ def _report_skipped(out: Path, csv_path: Path, fresh: bool) -> None:
     if not skipped:
         return
     when = "" if fresh else " when it was prepared"
-    print(f"modgap: skipped {len(skipped)} row(s) of {csv_path}{when}, listed in {out / 'skipped.csv'}; "
-          f"first: {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
+    print(
+        f"modgap: skipped {len(skipped)} row(s) of {csv_path}{when}, listed in {out / 'skipped.csv'}; "
+        f"first: {skipped[0][0]}: {skipped[0][1]}",
+        file=sys.stderr,
+    )
 
 
 class ManifestLoader:
@@ -356,7 +391,9 @@ class ManifestLoader:
             raise DataError("manifest: give the manifest, e.g. --data manifest:path/to/manifest.csv")
         for key in cfg.options:
             if key not in OPTIONS:
-                raise DataError(f"unknown data.options key '{key}' for a manifest{closest(key, OPTIONS, 'data.options.')}")
+                raise DataError(
+                    f"unknown data.options key '{key}' for a manifest{closest(key, OPTIONS, 'data.options.')}"
+                )
         path = Path(cfg.path)
         root = path if (path / "manifest.json").is_file() else ensure_prepared(path, cfg)
         options = {k: v for k, v in cfg.options.items() if k in ("preset", "image_size", "verify")}

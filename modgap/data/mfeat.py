@@ -52,5 +52,12 @@ class MFeat:
         labels = arrays["labels"].astype(np.int64)
         splits = make_splits(labels, None, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         ids = [f"digit{int(y)}_{i:04d}" for i, y in enumerate(labels)]
-        return FeatureDataset("mfeat", {m: arrays[m] for m in modalities}, labels, ids,
-                              [str(c) for c in range(10)], splits, cfg.standardize)
+        return FeatureDataset(
+            "mfeat",
+            {m: arrays[m] for m in modalities},
+            labels,
+            ids,
+            [str(c) for c in range(10)],
+            splits,
+            cfg.standardize,
+        )

@@ -1,9 +1,11 @@
 """NVGesture (Molchanov et al., CVPR 2016): 25 in-car hand gestures; RGB, depth and optical flow.
 
-Raw layout (the nvGesture_v1 release, https://research.nvidia.com/publication/2016-06_online-detection-and-classification-dynamic-hand-gestures-recurrent-3d):
+Raw layout (the nvGesture_v1 release,
+https://research.nvidia.com/publication/2016-06_online-detection-and-classification-dynamic-hand-gestures-recurrent-3d):
     SRC/nvgesture_train_correct_cvpr2016_v2.lst   1050 lines
-    SRC/nvgesture_test_correct_cvpr2016_v2.lst    482 lines, each like
-        path:./Video_data/class_01/subject13_r0 depth:sk_depth:138:218 color:sk_color:138:218 duo_left:duo_left:161:254 label:1
+    SRC/nvgesture_test_correct_cvpr2016_v2.lst    482 lines, each like (one line, wrapped here)
+        path:./Video_data/class_01/subject13_r0 depth:sk_depth:138:218 color:sk_color:138:218
+        duo_left:duo_left:161:254 label:1
     SRC/Video_data/class_XX/subjectYY_rZ/sk_color.avi, sk_depth.avi   (320 x 240, 30 fps)
 A sensor field is ``<sensor>:<video name>:<start>:<end>``: the gesture is frames start..end-1 of
 ``<video name>.avi`` (80 frames), as the release's own reader (nvgesture_readdata.py) takes them.
@@ -36,8 +38,15 @@ from .prepared_format import file_sha256
 
 CLASSES = [f"class_{i:02d}" for i in range(1, 26)]
 FILES = (("train", "nvgesture_train_correct_cvpr2016_v2.lst"), ("test", "nvgesture_test_correct_cvpr2016_v2.lst"))
-FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2,
-             "flags": 0}
+FARNEBACK: dict[str, Any] = {
+    "pyr_scale": 0.5,
+    "levels": 3,
+    "winsize": 15,
+    "iterations": 3,
+    "poly_n": 5,
+    "poly_sigma": 1.2,
+    "flags": 0,
+}
 """cv2.calcOpticalFlowFarneback parameters (OpenCV's own example values)."""
 
 
@@ -59,16 +68,25 @@ class FlowKind(FramesKind):
 
     name = "flow"
 
-    def __init__(self, image_size: int = 224, max_frames: int = 10, frames: int = 3, channels: int = 2,
-                 every: int = 1, flip: bool = False, bound: float = 20.0) -> None:
+    def __init__(
+        self,
+        image_size: int = 224,
+        max_frames: int = 10,
+        frames: int = 3,
+        channels: int = 2,
+        every: int = 1,
+        flip: bool = False,
+        bound: float = 20.0,
+    ) -> None:
         if channels != 2:
             raise ConfigError(f"the flow kind has 2 channels (x, y), got channels={channels}")
         if flip:
             raise ConfigError("the flow kind cannot flip horizontally (the x displacement would need negating)")
         if bound <= 0:
             raise ConfigError(f"flow bound must be > 0 pixels, got {bound}")
-        super().__init__(image_size=image_size, max_frames=max_frames, frames=frames, channels=2, every=every,
-                         flip=False)
+        super().__init__(
+            image_size=image_size, max_frames=max_frames, frames=frames, channels=2, every=every, flip=False
+        )
         self.params["bound"] = float(bound)
 
     def process(self, source: Any) -> tuple[np.ndarray, int]:
@@ -77,10 +95,11 @@ class FlowKind(FramesKind):
         video, start, end = source if isinstance(source, tuple) else (source, 0, None)
         path = Path(video)
         if path.is_dir():
-            grey = folder_frames(path, self.size, 1)[int(start):None if end is None else int(end)]
+            grey = folder_frames(path, self.size, 1)[int(start) : None if end is None else int(end)]
         else:
-            grey = video_frames_1fps(path, self.size, 1, (int(start), sys.maxsize if end is None else int(end)),
-                                     self.params["every"])
+            grey = video_frames_1fps(
+                path, self.size, 1, (int(start), sys.maxsize if end is None else int(end)), self.params["every"]
+            )
         if len(grey) < 2:
             raise DataError(f"{path}: optical flow needs at least 2 frames, got {len(grey)}")
         pairs = np.linspace(0, len(grey) - 2, min(self.max_frames, len(grey) - 1)).round().astype(int)
@@ -161,12 +180,29 @@ class NVGesture(RawFormat):
                 if absent is not None:
                     problems.append((sid, f"{absent}: listed in {filename} line {lineno} but missing"))
                     continue
-                samples.append(RawSample(sid, name, split, {
-                    "rgb": (color, color_start, color_end),
-                    "depth": (depth, depth_start, depth_end),
-                    "flow": (color, color_start, color_end),
-                }))
-        return RawIndex(CLASSES, samples, problems, sources,
-                        notes={"flow": {"method": "cv2.calcOpticalFlowFarneback", **FARNEBACK,
-                                        "computed_at": "stored resolution (image_size)",
-                                        "uint8": "clip to +-bound px, (d + bound) * 255 / (2 * bound)"}})
+                samples.append(
+                    RawSample(
+                        sid,
+                        name,
+                        split,
+                        {
+                            "rgb": (color, color_start, color_end),
+                            "depth": (depth, depth_start, depth_end),
+                            "flow": (color, color_start, color_end),
+                        },
+                    )
+                )
+        return RawIndex(
+            CLASSES,
+            samples,
+            problems,
+            sources,
+            notes={
+                "flow": {
+                    "method": "cv2.calcOpticalFlowFarneback",
+                    **FARNEBACK,
+                    "computed_at": "stored resolution (image_size)",
+                    "uint8": "clip to +-bound px, (d + bound) * 255 / (2 * bound)",
+                }
+            },
+        )

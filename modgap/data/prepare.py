@@ -33,8 +33,17 @@ from ..runs import process_alive
 from .base import SPLITS
 from .kinds import KINDS, ModalityKind
 from .prepared import PreparedLoader
-from .prepared_format import (CLASSES_FILE, FORMAT_VERSION, MANIFEST_FILE, SAMPLES_FILE, SKIPPED_FILE, SPLITS_FILE,
-                              array_file, count_file, file_sha256)
+from .prepared_format import (
+    CLASSES_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    SAMPLES_FILE,
+    SKIPPED_FILE,
+    SPLITS_FILE,
+    array_file,
+    count_file,
+    file_sha256,
+)
 from .registry import DATASETS
 from .splits import make_splits
 
@@ -69,17 +78,18 @@ class RawFormat:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    modalities: ClassVar[dict[str, str]] = {}
+    # not ClassVars: the manifest format sets these three per instance, from its file
+    modalities: dict[str, str] = {}
     """modality -> kind name (audio, frames, image, text)."""
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    defaults: dict[str, dict[str, Any]] = {}
     """Per modality, the kind's default settings (preset, frames, ...)."""
-    has_val: ClassVar[bool] = False
+    has_val: bool = False
     """Whether the official split has a validation part (else one is carved from train)."""
 
     def index(self, src: Path, options: dict[str, Any]) -> RawIndex:
         raise NotImplementedError
 
-    def for_source(self, src: Path) -> "RawFormat":
+    def for_source(self, src: Path) -> RawFormat:
         """This format fitted to one raw download. A fixed layout needs a folder and returns itself;
         a generic format (the file manifest) reads its columns here and returns a fitted copy."""
         if not src.is_dir():
@@ -92,7 +102,7 @@ class RawFormat:
         for m, kind_name in self.modalities.items():
             kind = KINDS.get(kind_name)
             params = dict(self.defaults.get(m, {}))
-            accepted = kind.__init__.__code__.co_varnames[1:kind.__init__.__code__.co_argcount]
+            accepted = kind.__init__.__code__.co_varnames[1 : kind.__init__.__code__.co_argcount]
             params.update({k: v for k, v in settings.items() if k in accepted and v is not None})
             out[m] = kind(**params)
         return out
@@ -158,9 +168,20 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[str, Any] | None = None,
-            val_fraction: float = 0.1, split_seed: int = 0, jobs: int = 1, on_error: str = "stop",
-            force: bool = False, progress: bool = True, options: dict[str, Any] | None = None) -> PrepareReport:
+def prepare(
+    dataset: str,
+    src: str | Path,
+    out: str | Path,
+    *,
+    settings: dict[str, Any] | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    jobs: int = 1,
+    on_error: str = "stop",
+    force: bool = False,
+    progress: bool = True,
+    options: dict[str, Any] | None = None,
+) -> PrepareReport:
     started = time.perf_counter()
     fmt = RAW_FORMATS.get(dataset)
     src, out = Path(src), Path(out)
@@ -175,8 +196,10 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
     index = fmt.index(src, options or {})
     skipped: list[tuple[str, str]] = list(index.problems)
     if skipped and on_error == "stop":
-        raise DataError(f"{skipped[0][1]} (id {skipped[0][0]}; {len(skipped)} problem(s) in all; "
-                        f"--on-error skip records them and goes on)")
+        raise DataError(
+            f"{skipped[0][1]} (id {skipped[0][0]}; {len(skipped)} problem(s) in all; "
+            f"--on-error skip records them and goes on)"
+        )
     skipped += index.dropped
     class_of = {c: i for i, c in enumerate(index.classes)}
     samples = []
@@ -197,8 +220,12 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        arrays = {m: np.lib.format.open_memmap(tmp / array_file(m), mode="w+", dtype=k.dtype,
-                                               shape=(len(samples), *k.cache_shape)) for m, k in kinds.items()}
+        arrays = {
+            m: np.lib.format.open_memmap(
+                tmp / array_file(m), mode="w+", dtype=k.dtype, shape=(len(samples), *k.cache_shape)
+            )
+            for m, k in kinds.items()
+        }
         counts = {m: np.zeros(len(samples), dtype=np.int32) for m in kinds}
         ok = np.zeros(len(samples), dtype=bool)
         bar = tqdm(total=len(samples), desc=f"prepare {dataset}", unit="sample", disable=not progress)
@@ -217,8 +244,20 @@ def prepare(dataset: str, src: str | Path, out: str | Path, *, settings: dict[st
         keep = np.flatnonzero(ok)
         if len(keep) == 0:
             raise DataError(f"{src}: every sample failed; first problem: {skipped[0][1]}")
-        _write_folder(tmp, fmt, kinds, index, [samples[i] for i in keep], arrays, counts, keep, skipped,
-                      val_fraction, split_seed, class_of)
+        _write_folder(
+            tmp,
+            fmt,
+            kinds,
+            index,
+            [samples[i] for i in keep],
+            arrays,
+            counts,
+            keep,
+            skipped,
+            val_fraction,
+            split_seed,
+            class_of,
+        )
         del arrays
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():  # move the old folder aside first: a kill now leaves it whole, beside the new one
@@ -245,7 +284,6 @@ def remove_dead_partials(out: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-
 def _run(kinds, samples, jobs):
     if jobs <= 1:
         _init_worker(kinds, samples)
@@ -256,8 +294,20 @@ def _run(kinds, samples, jobs):
         yield from pool.imap_unordered(_process, range(len(samples)), chunksize=4)
 
 
-def _write_folder(tmp: Path, fmt: RawFormat, kinds, index: RawIndex, samples: list[RawSample], arrays,
-                  counts, keep: np.ndarray, skipped, val_fraction: float, split_seed: int, class_of) -> None:
+def _write_folder(
+    tmp: Path,
+    fmt: RawFormat,
+    kinds,
+    index: RawIndex,
+    samples: list[RawSample],
+    arrays,
+    counts,
+    keep: np.ndarray,
+    skipped,
+    val_fraction: float,
+    split_seed: int,
+    class_of,
+) -> None:
     labels = np.asarray([class_of[s.label] for s in samples], dtype=np.int64)
     # compact the arrays to the samples that were processed (in place: rows only move forward)
     for m in kinds:
@@ -265,15 +315,14 @@ def _write_folder(tmp: Path, fmt: RawFormat, kinds, index: RawIndex, samples: li
             for new, old in enumerate(keep):
                 arrays[m][new] = arrays[m][old]
             arrays[m].flush()
-            data = np.load(tmp / array_file(m), mmap_mode="r")[:len(keep)]
+            data = np.load(tmp / array_file(m), mmap_mode="r")[: len(keep)]
             np.save(tmp / f"{m}.npy.tmp.npy", data)
             del data
             os.replace(tmp / f"{m}.npy.tmp.npy", tmp / array_file(m))
         else:
             arrays[m].flush()
         np.save(tmp / count_file(m), counts[m][keep])
-    official = {s: np.asarray([i for i, smp in enumerate(samples) if smp.split == s], dtype=np.int64)
-                for s in SPLITS}
+    official = {s: np.asarray([i for i, smp in enumerate(samples) if smp.split == s], dtype=np.int64) for s in SPLITS}
     official = {s: rows for s, rows in official.items() if len(rows)}
     if "test" not in official:
         raise DataError(f"{fmt.name}: the raw index gave no test samples")
@@ -294,15 +343,29 @@ def _write_folder(tmp: Path, fmt: RawFormat, kinds, index: RawIndex, samples: li
     (tmp / CLASSES_FILE).write_text("".join(c + "\n" for c in index.classes), encoding="utf-8")
     counts_by_split = {s: dict(Counter(index.classes[labels[i]] for i in splits[s])) for s in SPLITS}
     manifest = {
-        "format": FORMAT_VERSION, "dataset": fmt.name, "modgap_version": __version__,
+        "format": FORMAT_VERSION,
+        "dataset": fmt.name,
+        "modgap_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "classes": index.classes, "num_samples": len(samples),
-        "modalities": {m: {**k.describe(), "shape": list(k.cache_shape), "dtype": k.dtype,
-                           "file": array_file(m), "sha256": file_sha256(tmp / array_file(m))}
-                       for m, k in kinds.items()},
+        "classes": index.classes,
+        "num_samples": len(samples),
+        "modalities": {
+            m: {
+                **k.describe(),
+                "shape": list(k.cache_shape),
+                "dtype": k.dtype,
+                "file": array_file(m),
+                "sha256": file_sha256(tmp / array_file(m)),
+            }
+            for m, k in kinds.items()
+        },
         "splits_sha256": hashlib.sha256(split_blob).hexdigest(),
-        "val_carved": not fmt.has_val, "val_fraction": val_fraction, "split_seed": split_seed,
-        "source_files": index.source_files, "counts": counts_by_split,
-        "skipped": len(skipped), "notes": index.notes,
+        "val_carved": not fmt.has_val,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+        "source_files": index.source_files,
+        "counts": counts_by_split,
+        "skipped": len(skipped),
+        "notes": index.notes,
     }
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -30,8 +30,10 @@ class PreparedLoader:
 
     def load(self, cfg: DataConfig) -> MultimodalDataset:
         if not cfg.path:
-            raise DataError(f"{self.name}: give the prepared folder, e.g. --data {self.name}:DIR "
-                            f"(make it with `modgap prepare {self.name} --src RAW --out DIR`)")
+            raise DataError(
+                f"{self.name}: give the prepared folder, e.g. --data {self.name}:DIR "
+                f"(make it with `modgap prepare {self.name} --src RAW --out DIR`)"
+            )
         return PreparedDataset(Path(cfg.path), cfg, expect=self.name)
 
 
@@ -67,8 +69,10 @@ class PreparedDataset(MultimodalDataset):
             except (OSError, ValueError) as exc:
                 raise DataError(f"{path}: cannot read the cached array ({exc})") from None
             if list(array.shape) != [len(self.ids), *entry["shape"]]:
-                raise DataError(f"{path}: shape {array.shape} does not match the manifest "
-                                f"({len(self.ids)}, {', '.join(map(str, entry['shape']))}); prepare it again")
+                raise DataError(
+                    f"{path}: shape {array.shape} does not match the manifest "
+                    f"({len(self.ids)}, {', '.join(map(str, entry['shape']))}); prepare it again"
+                )
             self.arrays[m] = array
             self.counts[m] = np.load(root / count_file(m))
         if cfg.options.get("verify", False):
@@ -78,15 +82,19 @@ class PreparedDataset(MultimodalDataset):
         known = {"preset", "verify", "image_size"}
         for key in options:
             if key not in known:
-                raise DataError(f"unknown data.options key '{key}' for a prepared dataset{closest(key, known, 'data.options.')}")
+                raise DataError(
+                    f"unknown data.options key '{key}' for a prepared dataset{closest(key, known, 'data.options.')}"
+                )
         for key in ("preset", "image_size"):
             if key not in options:
                 continue
             used = {m: e.get(key) for m, e in self.manifest["modalities"].items() if key in e}
             for m, value in used.items():
                 if value != options[key]:
-                    raise DataError(f"{self.root}: prepared with {key} {value} for '{m}', but this run asks for "
-                                    f"{options[key]}; prepare a folder with --{key.replace('_', '-')} {options[key]}")
+                    raise DataError(
+                        f"{self.root}: prepared with {key} {value} for '{m}', but this run asks for "
+                        f"{options[key]}; prepare a folder with --{key.replace('_', '-')} {options[key]}"
+                    )
 
     def verify(self) -> None:
         """Check every cached array against the sha256 recorded when it was written."""

@@ -61,8 +61,10 @@ def read_manifest(root: Path, expect: str | None = None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{manifest_path}: unreadable manifest ({exc})") from None
     if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(f"{manifest_path}: prepared with format {manifest.get('format')}, this modgap reads "
-                        f"format {FORMAT_VERSION}; prepare it again")
+        raise DataError(
+            f"{manifest_path}: prepared with format {manifest.get('format')}, this modgap reads "
+            f"format {FORMAT_VERSION}; prepare it again"
+        )
     if expect is not None and manifest.get("dataset") != expect:
         raise DataError(f"{root}: holds a prepared '{manifest.get('dataset')}' dataset, not '{expect}'")
     return manifest
@@ -72,8 +74,10 @@ def read_split_ids(root: Path, manifest: dict[str, Any]) -> dict[str, list[str]]
     """splits.json (ids per split), refused when it differs from the checksum in the manifest."""
     split_blob = (root / SPLITS_FILE).read_bytes()
     if hashlib.sha256(split_blob).hexdigest() != manifest["splits_sha256"]:
-        raise DataError(f"{root / SPLITS_FILE}: changed since the folder was prepared (checksum differs); "
-                        f"prepare it again rather than editing the split")
+        raise DataError(
+            f"{root / SPLITS_FILE}: changed since the folder was prepared (checksum differs); "
+            f"prepare it again rather than editing the split"
+        )
     return json.loads(split_blob)
 
 

@@ -11,15 +11,15 @@ from .base import MultimodalDataset
 
 
 class DatasetLoader(Protocol):
+    """A class with static methods (the built-in datasets) or an instance (a prepared format's loader)."""
+
     summary: str
     """One line for `modgap list datasets`."""
 
-    @staticmethod
-    def parse_arg(arg: str) -> dict[str, Any]:
+    def parse_arg(self, arg: str) -> dict[str, Any]:
         """What the ARG of ``--data NAME:ARG`` means for this dataset, as DataConfig overrides."""
 
-    @staticmethod
-    def load(cfg: DataConfig) -> MultimodalDataset: ...
+    def load(self, cfg: DataConfig) -> MultimodalDataset: ...
 
 
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
@@ -29,8 +29,10 @@ def load_dataset(cfg: DataConfig) -> MultimodalDataset:
     data = DATASETS.get(cfg.name).load(cfg)
     present = sorted({data.classes[int(y)] for y in data.labels[data.splits["train"]]})
     if len(present) < 2:  # (else a whole run would end in the probe's error, or learn nothing)
-        raise DataError(f"{data.name}: the train split holds {len(present)} class(es) "
-                        f"({', '.join(present) or 'none'}); classification needs at least two")
+        raise DataError(
+            f"{data.name}: the train split holds {len(present)} class(es) "
+            f"({', '.join(present) or 'none'}); classification needs at least two"
+        )
     return data
 
 

@@ -30,8 +30,9 @@ from .twitter2015 import read_lines
 CLASSES = ["not_sarcastic", "sarcastic"]
 """Raw labels 0, 1 in this order."""
 FILES = (("train", "train.txt"), ("val", "valid2.txt"), ("test", "test2.txt"))
-FILTER_WORDS = frozenset({"sarcasm", "sarcastic", "reposting", "<url>", "joke", "humour", "humor", "jokes",
-                          "irony", "ironic", "exgag"})
+FILTER_WORDS = frozenset(
+    {"sarcasm", "sarcastic", "reposting", "<url>", "joke", "humour", "humor", "jokes", "irony", "ironic", "exgag"}
+)
 """Tweets holding any of these tokens are dropped, as in the HFM release's loadData.py."""
 
 
@@ -43,8 +44,10 @@ def parse_line(path: Path, lineno: int, line: str) -> tuple[str, str, Any]:
         reason = type(exc).__name__ + (f": {exc.msg}" if isinstance(exc, SyntaxError) and exc.msg else "")
         raise DataError(f"{path}: line {lineno} is not a Python list literal ({reason})") from None
     if not isinstance(item, (list, tuple)) or len(item) not in (3, 4):
-        raise DataError(f"{path}: line {lineno}: expected [id, text, label] or [id, text, label_1, label], "
-                        f"got {type(item).__name__}" + (f" of {len(item)} elements" if isinstance(item, (list, tuple)) else ""))
+        raise DataError(
+            f"{path}: line {lineno}: expected [id, text, label] or [id, text, label_1, label], "
+            f"got {type(item).__name__}" + (f" of {len(item)} elements" if isinstance(item, (list, tuple)) else "")
+        )
     sid, text, label = item[0], item[1], item[-1]
     if not isinstance(text, str):
         raise DataError(f"{path}: line {lineno}: the text (second element) is not a string")
@@ -54,7 +57,9 @@ def parse_line(path: Path, lineno: int, line: str) -> tuple[str, str, Any]:
 @register_raw
 class Sarcasm(RawFormat):
     name = "sarcasm"
-    summary = "Twitter sarcasm (Cai et al. 2019), 2 classes, image + text; modgap prepare sarcasm, then --data sarcasm:DIR"
+    summary = (
+        "Twitter sarcasm (Cai et al. 2019), 2 classes, image + text; modgap prepare sarcasm, then --data sarcasm:DIR"
+    )
     modalities = {"image": "image", "text": "text"}
     defaults = {"image": {"image_size": 224}, "text": {"text_model": "bert-base-uncased", "max_len": 64}}
     has_val = True
@@ -92,6 +97,14 @@ class Sarcasm(RawFormat):
                     problems.append((sid, f"{image}: listed in {filename} line {lineno} but missing"))
                     continue
                 samples.append(RawSample(sid, CLASSES[label], split, {"image": image, "text": text}))
-        return RawIndex(CLASSES, samples, problems, sources,
-                        notes={"filtered_by_keyword": filtered, "filter_words": sorted(FILTER_WORDS),
-                               "label": "last element of each line (the second annotator's in valid2/test2)"})
+        return RawIndex(
+            CLASSES,
+            samples,
+            problems,
+            sources,
+            notes={
+                "filtered_by_keyword": filtered,
+                "filter_words": sorted(FILTER_WORDS),
+                "label": "last element of each line (the second annotator's in valid2/test2)",
+            },
+        )

@@ -7,8 +7,9 @@ import numpy as np
 from ..errors import DataError
 
 
-def stratified_carve(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
-                     what: str) -> tuple[np.ndarray, np.ndarray]:
+def stratified_carve(
+    rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rows`` into (kept, carved); ``carved`` holds round(fraction * n_c) rows of each class c.
 
     Every class keeps at least one row in ``kept``; with a positive fraction every class with two
@@ -32,8 +33,9 @@ def stratified_carve(rows: np.ndarray, labels: np.ndarray, fraction: float, seed
     return kept_rows, carved_rows
 
 
-def make_splits(labels: np.ndarray, given: dict[str, np.ndarray] | None, val_fraction: float,
-                test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def make_splits(
+    labels: np.ndarray, given: dict[str, np.ndarray] | None, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
     """The three splits: official ones where ``given`` has them, stratified carve-outs otherwise.
 
     Test is carved from all rows (seed ``seed``), val from what remains of train (seed ``seed + 1``).

@@ -172,7 +172,7 @@ def audio_waveform(label: int, opts: Options, rng: np.random.Generator) -> np.nd
     ramp = np.clip(np.minimum(t - onset, onset + length - t) / 0.05, 0.0, 1.0)  # 50 ms fades
     tremolo = 1.0 + 0.3 * np.sin(2 * np.pi * rng.uniform(2.0, 8.0) * t + rng.uniform(0, 2 * np.pi))
     tone *= ramp * tremolo
-    tone_power = float(np.mean(tone ** 2))
+    tone_power = float(np.mean(tone**2))
     noise = rng.standard_normal(n) * math.sqrt(tone_power / 10 ** (opts.audio_snr_db / 10))
     x = tone + noise
     return x * (rng.uniform(0.2, 0.5) / max(float(np.abs(x).max()), 1e-12))  # peak in 0.2-0.5
@@ -195,7 +195,7 @@ def visual_clip(label: int, opts: Options, rng: np.random.Generator) -> np.ndarr
     for f in range(opts.frames):
         shift = rng.uniform(-0.05, 0.05, size=2) * s  # the object moves a little between frames
         cy, cx = centre + shift
-        window = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius ** 2))
+        window = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
         grating = np.sin(along + np.float32(phase + rng.uniform(-0.5, 0.5))) * window * np.float32(contrast)
         img = background[None, None, :] + grating[:, :, None] * colour[None, None, :]
         img = img + rng.standard_normal((s, s, 3), dtype=np.float32) * np.float32(opts.visual_noise)
@@ -228,13 +228,29 @@ def generate_visual(opts: Options) -> np.ndarray:
 
 def _audio_key(opts: Options) -> Options:
     """Only the options the audio depends on (so changing the frame size keeps the audio cached)."""
-    return Options(classes=opts.classes, n=opts.n, audio_snr_db=opts.audio_snr_db, seed=opts.seed,
-                   frames=1, use_frames=0, size=16, visual_noise=0.0)
+    return Options(
+        classes=opts.classes,
+        n=opts.n,
+        audio_snr_db=opts.audio_snr_db,
+        seed=opts.seed,
+        frames=1,
+        use_frames=0,
+        size=16,
+        visual_noise=0.0,
+    )
 
 
 def _visual_key(opts: Options) -> Options:
-    return Options(classes=opts.classes, n=opts.n, frames=opts.frames, size=opts.size,
-                   visual_noise=opts.visual_noise, seed=opts.seed, use_frames=0, audio_snr_db=0.0)
+    return Options(
+        classes=opts.classes,
+        n=opts.n,
+        frames=opts.frames,
+        size=opts.size,
+        visual_noise=opts.visual_noise,
+        seed=opts.seed,
+        use_frames=0,
+        audio_snr_db=0.0,
+    )
 
 
 # ---------------------------------------------------------------------------------- the dataset
@@ -275,6 +291,7 @@ class SynthAV(MultimodalDataset):
         segment and random h-flip."""
         o = self.options
         idx = segment_frames(o.frames, o.clip_frames, train, len(rows))
+        assert self._visual is not None  # generated when the visual modality is asked for
         clips = self._visual[np.asarray(rows)[:, None], idx]  # (N, T, S, S, 3) uint8
         x = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous()
         if train:
@@ -288,6 +305,7 @@ class SynthAV(MultimodalDataset):
         inputs: dict[str, torch.Tensor] = {}
         for m in self.modalities:
             if m == "audio":
+                assert self._audio is not None  # generated when the audio modality is asked for
                 inputs[m] = torch.from_numpy(self._audio[rows].astype(np.float32))
             else:
                 inputs[m] = self.frames(rows, train)

@@ -53,7 +53,8 @@ def read_labels(path: Path) -> tuple[list[str], list[str], list[str] | None]:
         raise DataError(f"{path}: no rows after the header")
     i_id, i_label = header.index("id"), header.index("label")
     i_split = header.index("split") if "split" in header else None
-    ids, labels, splits, seen = [], [], [], {}
+    ids, labels, splits = [], [], []
+    seen: dict[str, int] = {}  # id -> its first line
     for line, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
@@ -85,7 +86,9 @@ def read_modality(path: Path, ids: list[str]) -> np.ndarray:
         if x is None:  # np.load would blame pickled data, misleadingly
             raise DataError(f"{path}: not a .npy file (no NumPy header; write it with numpy.save)")
         if x.ndim != 2 or x.shape[0] != len(ids):
-            raise DataError(f"{path}: expected shape ({len(ids)}, features) in the row order of labels.csv, got {x.shape}")
+            raise DataError(
+                f"{path}: expected shape ({len(ids)}, features) in the row order of labels.csv, got {x.shape}"
+            )
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise DataError(f"{path}: expected real numbers, got dtype {x.dtype}")
         if x.shape[1] < 1:
@@ -110,15 +113,17 @@ def read_modality(path: Path, ids: list[str]) -> np.ndarray:
                     table[row[0]] = np.asarray(row[1:], dtype=np.float32)
             except ValueError:
                 bad = next(j for j, v in enumerate(row[1:]) if not _is_number(v))
-                raise DataError(f"{path}: line {line}, column '{header[bad + 1]}': '{row[bad + 1]}' is not a number") from None
+                raise DataError(
+                    f"{path}: line {line}, column '{header[bad + 1]}': '{row[bad + 1]}' is not a number"
+                ) from None
         missing = [i for i in ids if i not in table]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise DataError(f"{path}: no row for id {', '.join(repr(m) for m in missing[:3])}{more} of labels.csv")
         x = np.stack([table[i] for i in ids])
     if not np.isfinite(x).all():
-        row = int(np.argwhere(~np.isfinite(x))[0, 0])
-        raise DataError(f"{path}: non-finite value (or one beyond float32's +-3.4e38) for id '{ids[row]}'")
+        bad_row = int(np.argwhere(~np.isfinite(x))[0, 0])
+        raise DataError(f"{path}: non-finite value (or one beyond float32's +-3.4e38) for id '{ids[bad_row]}'")
     return x
 
 

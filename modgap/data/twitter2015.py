@@ -52,7 +52,10 @@ def tweet_text(tweet: str, target: str) -> str:
 @register_raw
 class Twitter2015(RawFormat):
     name = "twitter2015"
-    summary = "Twitter-2015 target sentiment, 3 classes, image + text; modgap prepare twitter2015, then --data twitter2015:DIR"
+    summary = (
+        "Twitter-2015 target sentiment, 3 classes, image + text; "
+        "modgap prepare twitter2015, then --data twitter2015:DIR"
+    )
     modalities = {"image": "image", "text": "text"}
     defaults = {"image": {"image_size": 224}, "text": {"text_model": "bert-base-uncased", "max_len": 64}}
     has_val = True
@@ -73,7 +76,9 @@ class Twitter2015(RawFormat):
                     continue
                 fields = line.split("\t")
                 if len(fields) != 5:
-                    raise DataError(f"{path}: line {lineno} has {len(fields)} tab-separated fields, expected 5 ({HEADER})")
+                    raise DataError(
+                        f"{path}: line {lineno} has {len(fields)} tab-separated fields, expected 5 ({HEADER})"
+                    )
                 index, label, image_id, tweet, target = (f.strip() for f in fields)
                 sid = f"{split}-{index}"
                 if label not in ("0", "1", "2"):
@@ -83,10 +88,16 @@ class Twitter2015(RawFormat):
                 if not image_id or not image.is_file():
                     problems.append((sid, f"{image}: listed in {filename} line {lineno} but missing"))
                     continue
-                samples.append(RawSample(sid, CLASSES[int(label)], split,
-                                         {"image": image, "text": tweet_text(tweet, target)}))
+                samples.append(
+                    RawSample(sid, CLASSES[int(label)], split, {"image": image, "text": tweet_text(tweet, target)})
+                )
         repeated = [i for i, n in Counter([s.id for s in samples] + [p[0] for p in problems]).items() if n > 1]
         if repeated:
             raise DataError(f"{src}: id {repeated[0]} appears twice (an index repeated within one split file)")
-        return RawIndex(CLASSES, samples, problems, sources,
-                        notes={"text": "tweet with $T$ replaced by the target, then ' [SEP] ' and the target"})
+        return RawIndex(
+            CLASSES,
+            samples,
+            problems,
+            sources,
+            notes={"text": "tweet with $T$ replaced by the target, then ' [SEP] ' and the target"},
+        )

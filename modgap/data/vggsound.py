@@ -45,8 +45,9 @@ class VGGSound(RawFormat):
     def index(self, src: Path, options: dict[str, Any]) -> RawIndex:
         unknown = set(options) - {"classes", "drop_empty_classes"}
         if unknown:
-            raise DataError(f"vggsound: unknown option(s) {', '.join(sorted(unknown))} "
-                            f"(known: classes, drop_empty_classes)")
+            raise DataError(
+                f"vggsound: unknown option(s) {', '.join(sorted(unknown))} (known: classes, drop_empty_classes)"
+            )
         drop_empty = bool(options.get("drop_empty_classes", True))
         path = src / CSV_NAME
         try:
@@ -59,7 +60,8 @@ class VGGSound(RawFormat):
             raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         sources = {CSV_NAME: hashlib.sha256(blob).hexdigest()}
 
-        rows, problems, dropped, seen = [], [], [], {}
+        rows, problems, dropped = [], [], []
+        seen: dict[str, int] = {}  # clip -> its first line
         for n, fields in enumerate(csv.reader(io.StringIO(text)), 1):
             if not fields or not "".join(fields).strip():
                 continue
@@ -67,15 +69,19 @@ class VGGSound(RawFormat):
             if len(fields) != 4 or not fields[1].isdigit() or fields[3] not in ("train", "test"):
                 if n == 1 and len(fields) == 4 and not fields[1].isdigit():
                     continue  # a header row
-                problems.append((fields[0] if fields else f"line {n}",
-                                 f"{path} line {n}: expected 'ytid,start_seconds,label,train|test', got "
-                                 f"'{','.join(fields)}'"))
+                problems.append(
+                    (
+                        fields[0] if fields else f"line {n}",
+                        f"{path} line {n}: expected 'ytid,start_seconds,label,train|test', got '{','.join(fields)}'",
+                    )
+                )
                 continue
             ytid, start, label, split = fields
             clip = f"{ytid}_{int(start):06d}"
             if clip in seen:
-                dropped.append((clip, f"{path} line {n}: id listed again (first at line {seen[clip]}); "
-                                      f"the repeat is dropped"))
+                dropped.append(
+                    (clip, f"{path} line {n}: id listed again (first at line {seen[clip]}); the repeat is dropped")
+                )
                 continue
             seen[clip] = n
             rows.append((n, clip, label, split))
@@ -116,8 +122,10 @@ class VGGSound(RawFormat):
             "num_classes": len(classes),
             "drop_empty_classes": drop_empty,
             "dropped_classes": empty,
-            "class_convention": ("the csv and the VGGSound paper have 310 classes; OGM-GE-family code trains "
-                                 "with 309, the classes found in its download"),
+            "class_convention": (
+                "the csv and the VGGSound paper have 310 classes; OGM-GE-family code trains "
+                "with 309, the classes found in its download"
+            ),
             "missing_ids": len(problems),
             "repeated_ids": sum(1 for _, why in dropped if "listed again" in why),
         }

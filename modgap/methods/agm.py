@@ -35,12 +35,12 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..errors import ConfigError, closest
-from .base import Losses, StepContext, cross_entropy, evaluation_mode, register
+from .base import Losses, StepContext, cross_entropy, evaluation_mode, register, tensor_sum
 from .joint import Joint, auxiliary_loss
 
 ZERO_MODES = ("inputs", "features")
@@ -55,30 +55,28 @@ def shapley_weights(m: int) -> list[float]:
 def mono_responses(f: dict[frozenset, torch.Tensor], modalities: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """r_m = Shapley value of m + f(empty)/M, from f(S) for every non-empty S (f(empty) cancels)."""
     w = shapley_weights(len(modalities))
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for m in modalities:
         others = [n for n in modalities if n != m]
-        total = 0.0
+        total: float | torch.Tensor = 0.0
         for k in range(len(others) + 1):
             for subset in itertools.combinations(others, k):
                 s = frozenset(subset)
                 total = total + w[k] * f[s | {m}]
                 if s:
                     total = total - w[k] * f[s]
-        out[m] = total
+        out[m] = cast(torch.Tensor, total)  # f[{m}] is always added: a tensor by now
     return out
 
 
 def response_scores(responses: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
     """s_m = mean_i -log max(softmax(r_m,i)[y_i], 1e-8)."""
     rows = torch.arange(len(y), device=y.device)
-    return {m: -torch.softmax(r.float(), dim=1)[rows, y].clamp_min(1e-8).log().mean()
-            for m, r in responses.items()}
+    return {m: -torch.softmax(r.float(), dim=1)[rows, y].clamp_min(1e-8).log().mean() for m, r in responses.items()}
 
 
 def _against_others(values: dict[str, float]) -> dict[str, float]:
-    return {m: math.exp(sum(v for n, v in values.items() if n != m) / (len(values) - 1) - s)
-            for m, s in values.items()}
+    return {m: math.exp(sum(v for n, v in values.items() if n != m) / (len(values) - 1) - s) for m, s in values.items()}
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -98,8 +96,9 @@ def scale_grad(x: torch.Tensor, k: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, k)
 
 
-def agm_coefficients(scores: dict[str, float], averages: dict[str, float], alpha: float,
-                     clip: float = 10.0) -> dict[str, float]:
+def agm_coefficients(
+    scores: dict[str, float], averages: dict[str, float], alpha: float, clip: float = 10.0
+) -> dict[str, float]:
     """k_m = exp(alpha * min(target_m - ratio_m, clip)) from batch scores and running averages."""
     ratio, target = _against_others(scores), _against_others(averages)
     return {m: math.exp(alpha * min(target[m] - ratio[m], clip)) for m in scores}
@@ -159,18 +158,22 @@ class AGM(Joint):
     def subset_outputs(self, ctx: StepContext, grad: bool = False) -> dict[frozenset, torch.Tensor]:
         """f(S) for every non-empty S: the fused logits with the modalities outside S zeroed. The padded
         passes run in eval mode; with ``grad`` they are differentiated (released code), else detached."""
-        mods = self.modalities
-        f = {frozenset(mods): ctx.out.fused if grad else ctx.out.fused.detach()}
+        mods, out = self.modalities, ctx.out
+        assert out is not None  # set by the trainer (or losses) before the method's hooks
+        f = {frozenset(mods): out.fused if grad else out.fused.detach()}
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()), evaluation_mode(ctx.model):
             for k in range(1, len(mods)):
                 for subset in itertools.combinations(mods, k):
                     keep = set(subset)
                     if self.options.zero == "inputs":
+                        assert ctx.batch is not None  # set together with ctx.out
                         inputs = {m: x if m in keep else torch.zeros_like(x) for m, x in ctx.batch.inputs.items()}
                         fused = ctx.model(inputs).fused
                     else:
-                        feats = {m: (h if grad else h.detach()) if m in keep else torch.zeros_like(h)
-                                 for m, h in ctx.out.features.items()}
+                        feats = {
+                            m: (h if grad else h.detach()) if m in keep else torch.zeros_like(h)
+                            for m, h in out.features.items()
+                        }
                         fused = ctx.model.fusion(feats)[1]
                     f[frozenset(subset)] = fused
         return f
@@ -179,7 +182,7 @@ class AGM(Joint):
         """k_m from this step's scores and the running averages before it; then updates the averages."""
         scores = response_scores({m: r.detach() for m, r in responses.items()}, y)
         reduced = ctx.all_reduce_mean(torch.stack(list(scores.values())))
-        self.last_scores = {m: float(v) for m, v in zip(scores, reduced)}
+        self.last_scores = {m: float(v) for m, v in zip(scores, reduced, strict=True)}
         coeffs = agm_coefficients(self.last_scores, self.averages, self.options.alpha, self.options.clip)
         self.last_coefficients = coeffs
         self.count += 1
@@ -195,7 +198,7 @@ class AGM(Joint):
         responses = mono_responses(self.subset_outputs(ctx, grad=True), self.modalities)
         coeffs = self._coefficients(responses, batch.y, ctx)
         k = coeffs if self.active(ctx.epoch) else {m: 1.0 for m in self.modalities}
-        fused = sum(scale_grad(r, k[m]) for m, r in responses.items())  # = f(M) in value
+        fused = tensor_sum(scale_grad(r, k[m]) for m, r in responses.items())  # = f(M) in value
         loss = cross_entropy(fused, batch.y)
         self._scaled_in_loss = True
         aux = auxiliary_loss(out, batch.y, ctx)

@@ -29,7 +29,7 @@ Two independent choices, both named options of ``lfm-lb``:
                 Similarity", Du et al.), then params -= step_size * g.
 
 ``sign``, ``rms`` and ``cosine`` do not change when the learning rate, the loss scale or the
-gradients are multiplied by a positive number (tests/test_alpha_steps.py).
+gradients are multiplied by a positive number (tests/methods/test_alpha_steps.py).
 
 ``neumann_hypergradient`` is the implicit-function-theorem hypergradient (``variant=implicit``):
 the derivative of L_val at the training loss's minimiser theta*(alpha),
@@ -79,16 +79,27 @@ class AlphaParams:
     takes one step from the signal (the hypergradient, or its cosine) of the alpha used at t.
     """
 
-    def __init__(self, parametrization: str = "clip", alpha0: float = 0.5, bounds: tuple[float, float] = (0.05, 1.0),
-                 step: str = "raw", lr: float = 1.0, step_size: float = 0.02, momentum: float = 0.0,
-                 rms_beta: float = 0.9, slope: float = PAPER_SLOPE) -> None:
+    def __init__(
+        self,
+        parametrization: str = "clip",
+        alpha0: float = 0.5,
+        bounds: tuple[float, float] = (0.05, 1.0),
+        step: str = "raw",
+        lr: float = 1.0,
+        step_size: float = 0.02,
+        momentum: float = 0.0,
+        rms_beta: float = 0.9,
+        slope: float = PAPER_SLOPE,
+    ) -> None:
         check(parametrization, step)
         if not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
             raise ConfigError(f"alpha bounds must satisfy 0 <= min <= max <= 1, got {bounds}")
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"the hypergradient momentum must lie in [0, 1), got {momentum}")
         if not 0.0 <= rms_beta < 1.0 or step_size < 0:
-            raise ConfigError(f"method.rms_beta must lie in [0, 1) and method.step_size be >= 0, got {rms_beta}, {step_size}")
+            raise ConfigError(
+                f"method.rms_beta must lie in [0, 1) and method.step_size be >= 0, got {rms_beta}, {step_size}"
+            )
         self.parametrization, self.bounds, self.rule = parametrization, bounds, step
         self.lr, self.step_size, self.momentum, self.rms_beta = lr, step_size, momentum, rms_beta
         a0 = min(max(alpha0, bounds[0]), bounds[1])
@@ -125,7 +136,9 @@ class AlphaParams:
         g = [signal * j for j in self.jacobian(t)]
         self.updates += 1
         if self.momentum > 0:  # bias-corrected average of the gradients
-            self.average = [self.momentum * m + (1.0 - self.momentum) * gi for m, gi in zip(self.average, g)]
+            self.average = [
+                self.momentum * m + (1.0 - self.momentum) * gi for m, gi in zip(self.average, g, strict=True)
+            ]
             g = [m / (1.0 - self.momentum**self.updates) for m in self.average]
         if self.rule == "raw":
             steps = [self.lr * gi for gi in g]
@@ -133,9 +146,11 @@ class AlphaParams:
             steps = [self.step_size * float(math.copysign(1.0, gi)) if gi != 0 else 0.0 for gi in g]
         elif self.rule == "rms":
             b = self.rms_beta
-            self.square = [b * v + (1.0 - b) * gi * gi for v, gi in zip(self.square, g)]
-            steps = [self.step_size * gi / math.sqrt(v / (1.0 - b**self.updates)) if v > 0 else 0.0
-                     for gi, v in zip(g, self.square)]
+            self.square = [b * v + (1.0 - b) * gi * gi for v, gi in zip(self.square, g, strict=True)]
+            steps = [
+                self.step_size * gi / math.sqrt(v / (1.0 - b**self.updates)) if v > 0 else 0.0
+                for gi, v in zip(g, self.square, strict=True)
+            ]
         else:  # cosine: the signal is already unit-free
             steps = [self.step_size * gi for gi in g]
         if any(math.isnan(s) for s in steps):  # inf * 0 (lr = inf, g = 0): no step
@@ -144,11 +159,16 @@ class AlphaParams:
         if self.parametrization == "clip":
             self.values = [min(max(self.values[0] - steps[0], lo), hi)]
         else:
-            self.values = [min(max(v - s, -LOGIT_LIMIT), LOGIT_LIMIT) for v, s in zip(self.values, steps)]
+            self.values = [min(max(v - s, -LOGIT_LIMIT), LOGIT_LIMIT) for v, s in zip(self.values, steps, strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"values": list(self.values), "average": list(self.average), "square": list(self.square),
-                "updates": self.updates, "lr": self.lr}
+        return {
+            "values": list(self.values),
+            "average": list(self.average),
+            "square": list(self.square),
+            "updates": self.updates,
+            "lr": self.lr,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.values, self.average = list(state["values"]), list(state["average"])
@@ -163,13 +183,19 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def dot_all(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     """sum over the pairs of tensors of dot(a_i, b_i), in float64."""
-    return sum((dot(x, y) for x, y in zip(a, b)), torch.zeros((), dtype=torch.float64))
+    return sum((dot(x, y) for x, y in zip(a, b, strict=True)), torch.zeros((), dtype=torch.float64))
 
 
-def neumann_hypergradient(train_grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-                          val_grads: Sequence[torch.Tensor], d: Sequence[torch.Tensor], eta: float, steps: int,
-                          damping: float = 0.0,
-                          reduce: Callable[[list[torch.Tensor]], None] | None = None) -> tuple[float, float]:
+def neumann_hypergradient(
+    train_grads: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    val_grads: Sequence[torch.Tensor],
+    d: Sequence[torch.Tensor],
+    eta: float,
+    steps: int,
+    damping: float = 0.0,
+    reduce: Callable[[list[torch.Tensor]], None] | None = None,
+) -> tuple[float, float]:
     """The implicit hypergradient -eta <sum_{j=0..J} (I - eta H)^j g_val, d> and its cosine form.
 
     ``train_grads``: grad L(theta; alpha) built with ``create_graph=True`` (H v is its gradient
@@ -181,14 +207,16 @@ def neumann_hypergradient(train_grads: Sequence[torch.Tensor], params: Sequence[
     v = [g.detach().clone() for g in val_grads]
     total = [x.clone() for x in v]
     for _ in range(steps):
-        inner = sum(((g * x).sum() for g, x in zip(train_grads, v) if g is not None and g.requires_grad),
-                    torch.zeros((), dtype=v[0].dtype, device=v[0].device))
-        hv = torch.autograd.grad(inner, params, retain_graph=True, allow_unused=True)
-        hv = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
+        inner = sum(
+            ((g * x).sum() for g, x in zip(train_grads, v, strict=True) if g is not None and g.requires_grad),
+            torch.zeros((), dtype=v[0].dtype, device=v[0].device),
+        )
+        raw = torch.autograd.grad(inner, params, retain_graph=True, allow_unused=True)
+        hv = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, raw, strict=True)]
         if reduce is not None:
             reduce(hv)
-        v = [x - eta * (h + damping * x) for x, h in zip(v, hv)]
-        total = [t + x for t, x in zip(total, v)]
+        v = [x - eta * (h + damping * x) for x, h in zip(v, hv, strict=True)]
+        total = [t + x for t, x in zip(total, v, strict=True)]
     value = float(dot_all(total, d))
     norm = math.sqrt(float(dot_all(total, total)) * float(dot_all(d, d)))
     return -eta * value, (-value / norm if norm > 0 else 0.0)

@@ -20,9 +20,9 @@ Each method declares an ``Options`` dataclass; ``method.*`` config keys are chec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -107,8 +107,9 @@ class Method(nn.Module):
     class Options:
         pass
 
-    def __init__(self, options: Any, modalities: tuple[str, ...], num_classes: int,
-                 feature_dims: dict[str, int]) -> None:
+    def __init__(
+        self, options: Any, modalities: tuple[str, ...], num_classes: int, feature_dims: dict[str, int]
+    ) -> None:
         super().__init__()
         if len(modalities) < self.min_modalities:
             needed = "two" if self.min_modalities == 2 else str(self.min_modalities)
@@ -210,6 +211,12 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
+def tensor_sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(tensors)``, typed as the tensor it is: the int start 0 vanishes in the first addition
+    (callers sum over at least one tensor: the modalities, the loss terms)."""
+    return cast(torch.Tensor, sum(tensors))
+
+
 class evaluation_mode:
     """Puts modules in eval mode (no dropout, BatchNorm statistics untouched) for a validation pass."""
 
@@ -222,5 +229,5 @@ class evaluation_mode:
             m.eval()
 
     def __exit__(self, *exc: object) -> None:
-        for m, mode in zip(self.modules, self.modes):
+        for m, mode in zip(self.modules, self.modes, strict=True):
             m.train(mode)

@@ -10,13 +10,14 @@ Options go to the method whose Options declare them; a key two of them declare m
 ``method.<method name>.<key>`` (e.g. --set method.ogm-ge.alpha=0.3).
 
 ``build_method`` (one method or a composition, from a config's method section) lives here, above
-both the interface (base.py) and the composite, so that neither has to import the other back.
+both the interface (base.py) and the composite, so that neither has to import the other back; so does
+``check_method_options``, its first half, which needs no data (the CLI calls it before loading any).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -35,31 +36,9 @@ class Composite(Method):
         self.modalities, self.num_classes = parts[0].modalities, parts[0].num_classes
         self.options = {p.name: p.options for p in parts}
 
-    @classmethod
-    def build(cls, classes: list[type[Method]], spec: dict[str, Any], modalities, num_classes,
-              feature_dims) -> "Composite":
-        names = [c.name for c in classes]
-        fields = {c.name: {f.name for f in dataclasses.fields(c.Options)} for c in classes}
-        per: dict[str, dict[str, Any]] = {n: {} for n in names}
-        for key, value in spec.items():
-            if key in per and isinstance(value, dict):
-                per[key].update(value)
-                continue
-            owners = [n for n in names if key in fields[n]]
-            if not owners:
-                every = sorted(set().union(*fields.values()) | set(names))
-                raise ConfigError(f"unknown key 'method.{key}' for {'+'.join(names)}{closest(key, every, 'method.')}")
-            if len(owners) > 1:
-                raise ConfigError(f"'method.{key}' is an option of {' and '.join(owners)}: "
-                                  f"write method.{owners[0]}.{key} or method.{owners[1]}.{key}")
-            per[owners[0]][key] = value
-        parts = [c(build(c.Options, per[c.name], where=f"method.{c.name}"), modalities, num_classes, feature_dims)
-                 for c in classes]
-        return cls(parts)
-
     @property
     def first(self) -> Method:
-        return self.parts[0]
+        return cast(Method, self.parts[0])  # nn.ModuleList items are typed as plain Modules
 
     def steps_per_batch(self) -> int:
         return self.first.steps_per_batch()
@@ -104,11 +83,36 @@ class Composite(Method):
         return self.first.projections(out)
 
 
-def build_method(spec: dict[str, Any], modalities: tuple[str, ...], num_classes: int,
-                 feature_dims: dict[str, int]) -> Method:
+def check_method_options(spec: dict[str, Any]) -> list[tuple[type[Method], Any]]:
+    """Each method ``spec`` names (one, or the parts of a composition) with its Options built from
+    ``spec``: an unknown method or a mistyped ``method.*`` key fails here, before any data is read."""
     spec = dict(spec)
     name = str(spec.pop("name"))
     classes = method_classes(name)
     if len(classes) == 1:
-        return classes[0](build(classes[0].Options, spec, where="method"), modalities, num_classes, feature_dims)
-    return Composite.build(classes, spec, modalities, num_classes, feature_dims)
+        return [(classes[0], build(classes[0].Options, spec, where="method"))]
+    names = [c.name for c in classes]
+    fields = {c.name: {f.name for f in dataclasses.fields(c.Options)} for c in classes}
+    per: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for key, value in spec.items():
+        if key in per and isinstance(value, dict):
+            per[key].update(value)
+            continue
+        owners = [n for n in names if key in fields[n]]
+        if not owners:
+            every = sorted(set().union(*fields.values()) | set(names))
+            raise ConfigError(f"unknown key 'method.{key}' for {'+'.join(names)}{closest(key, every, 'method.')}")
+        if len(owners) > 1:
+            raise ConfigError(
+                f"'method.{key}' is an option of {' and '.join(owners)}: "
+                f"write method.{owners[0]}.{key} or method.{owners[1]}.{key}"
+            )
+        per[owners[0]][key] = value
+    return [(c, build(c.Options, per[c.name], where=f"method.{c.name}")) for c in classes]
+
+
+def build_method(
+    spec: dict[str, Any], modalities: tuple[str, ...], num_classes: int, feature_dims: dict[str, int]
+) -> Method:
+    parts = [cls(options, modalities, num_classes, feature_dims) for cls, options in check_method_options(spec)]
+    return parts[0] if len(parts) == 1 else Composite(parts)

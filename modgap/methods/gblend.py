@@ -34,14 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register
+from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register, tensor_sum
 
 FUSED = "fused"
 ESTIMATES = ("separate", "joint")
 
 
-def ogr_weights(start: Mapping[str, tuple[float, float]], end: Mapping[str, tuple[float, float]],
-                min_overfit: float = 1e-2) -> dict[str, float] | None:
+def ogr_weights(
+    start: Mapping[str, tuple[float, float]], end: Mapping[str, tuple[float, float]], min_overfit: float = 1e-2
+) -> dict[str, float] | None:
     """Blending weights from each head's (train loss, held-out loss) at the start and end of a window.
 
     w_k = g_k / sum_j g_j with g_k = max(dG_k, 0) / max(dO_k^2, min_overfit^2), where
@@ -67,7 +68,10 @@ def ogr_weights(start: Mapping[str, tuple[float, float]], end: Mapping[str, tupl
 @register
 class GBlend(Method):
     name = "gblend"
-    summary = "G-Blend: fused + per-modality CE weighted by each head's OGR, estimated on val every super-epoch from per-head copies"
+    summary = (
+        "G-Blend: fused + per-modality CE weighted by each head's OGR, "
+        "estimated on val every super-epoch from per-head copies"
+    )
 
     @dataclass
     class Options:
@@ -94,17 +98,21 @@ class GBlend(Method):
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.estimate_every < 1 or options.train_batches < 0 or not options.min_overfit > 0:
-            raise ConfigError("gblend: method.estimate_every must be >= 1, method.train_batches >= 0 "
-                              "and method.min_overfit > 0")
+            raise ConfigError(
+                "gblend: method.estimate_every must be >= 1, method.train_batches >= 0 and method.min_overfit > 0"
+            )
         if FUSED in modalities:
             raise ConfigError(f"gblend: a modality may not be called '{FUSED}'")
         if options.estimate not in ESTIMATES:
-            raise ConfigError(f"gblend: method.estimate must be one of {', '.join(ESTIMATES)}, got '{options.estimate}'")
+            raise ConfigError(
+                f"gblend: method.estimate must be one of {', '.join(ESTIMATES)}, got '{options.estimate}'"
+            )
         self.heads = (FUSED, *self.modalities)
         self.weights: dict[str, float] = {k: 1.0 / len(self.heads) for k in self.heads}
         if options.weights:
             if set(options.weights) != set(self.heads) or not all(
-                    math.isfinite(float(v)) and float(v) >= 0 for v in options.weights.values()):
+                math.isfinite(float(v)) and float(v) >= 0 for v in options.weights.values()
+            ):
                 raise ConfigError(f"gblend: method.weights needs a weight >= 0 for each of {', '.join(self.heads)}")
             self.weights = {k: float(options.weights[k]) for k in self.heads}
         self.window_start: dict[str, tuple[float, float]] | None = None
@@ -115,7 +123,7 @@ class GBlend(Method):
     def losses(self, out, batch, ctx) -> Losses:
         ce = {FUSED: cross_entropy(out.fused, batch.y)}
         ce.update({m: cross_entropy(out.logits[m], batch.y) for m in self.modalities})
-        total = sum(self.weights[k] * ce[k] for k in self.heads)
+        total = tensor_sum(self.weights[k] * ce[k] for k in self.heads)
         terms = {"cls": ce[FUSED], **{f"cls_{m}": ce[m] for m in self.modalities}}
         terms.update({f"w_{k}": torch.tensor(self.weights[k]) for k in self.heads})
         return Losses(total, terms)
@@ -163,7 +171,11 @@ class GBlend(Method):
         optimizer = type(ctx.optimizer)(params, **ctx.optimizer.defaults)
         twin.train(True)
         for i in range(epochs):
-            batches = ctx.train_batches(ctx.epoch + i) if ctx.train_batches is not None else ctx.iterate("train")
+            if ctx.train_batches is not None:
+                batches = ctx.train_batches(ctx.epoch + i)
+            else:
+                assert ctx.iterate is not None  # the trainer provides it
+                batches = ctx.iterate("train")
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.head_loss(twin(batch.inputs), batch.y, head)
@@ -192,8 +204,15 @@ class GBlend(Method):
             weights = ogr_weights(start, end, self.options.min_overfit)
             if weights is not None:
                 self.weights = weights
-            self.history.append({"epoch": ctx.epoch, "start": start, "end": end,
-                                 "weights": dict(self.weights), "updated": weights is not None})
+            self.history.append(
+                {
+                    "epoch": ctx.epoch,
+                    "start": start,
+                    "end": end,
+                    "weights": dict(self.weights),
+                    "updated": weights is not None,
+                }
+            )
             self.last_measured = ctx.epoch
             return
         point = self.point(ctx)
@@ -201,15 +220,26 @@ class GBlend(Method):
             weights = ogr_weights(self.window_start, point, self.options.min_overfit)
             if weights is not None:
                 self.weights = weights
-            self.history.append({"epoch": ctx.epoch, "start": self.window_start, "end": point,
-                                 "weights": dict(self.weights), "updated": weights is not None})
+            self.history.append(
+                {
+                    "epoch": ctx.epoch,
+                    "start": self.window_start,
+                    "end": point,
+                    "weights": dict(self.weights),
+                    "updated": weights is not None,
+                }
+            )
         self.window_start = point
         self.last_measured = ctx.epoch
 
     # ---- state -------------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
-        return {"weights": dict(self.weights), "window_start": self.window_start,
-                "last_measured": self.last_measured, "history": list(self.history)}
+        return {
+            "weights": dict(self.weights),
+            "window_start": self.window_start,
+            "last_measured": self.last_measured,
+            "history": list(self.history),
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.weights = dict(state["weights"])

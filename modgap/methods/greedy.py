@@ -38,7 +38,8 @@ from torch import nn
 
 from ..data.base import Batch
 from ..errors import ConfigError, closest
-from .base import Losses, Method, StepContext, cross_entropy, register
+from ..models.classifier import MultimodalClassifier
+from .base import Losses, Method, StepContext, cross_entropy, register, tensor_sum
 from .joint import auxiliary_loss
 
 TINY = 1e-30
@@ -105,7 +106,7 @@ class RebalanceSwitch:
 
 # ------------------------------------------------------------------- the paper's diagnostic
 @torch.no_grad()
-def mean_features(model: nn.Module, batches: Iterable[Batch]) -> dict[str, torch.Tensor]:
+def mean_features(model: MultimodalClassifier, batches: Iterable[Batch]) -> dict[str, torch.Tensor]:
     """The mean feature of each modality over ``batches`` (the training split, in the paper)."""
     sums: dict[str, torch.Tensor] = {}
     n = 0
@@ -117,8 +118,9 @@ def mean_features(model: nn.Module, batches: Iterable[Batch]) -> dict[str, torch
 
 
 @torch.no_grad()
-def conditional_utilization(model: nn.Module, batches: Iterable[Batch],
-                            means: dict[str, torch.Tensor]) -> dict[str, float]:
+def conditional_utilization(
+    model: MultimodalClassifier, batches: Iterable[Batch], means: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """u(m | rest) = (A(all) - A(all but m)) / A(all), the gain in accuracy from modality m.
 
     "All but m" replaces m's features by their mean ``means[m]`` before the fusion: the paper
@@ -142,7 +144,10 @@ def conditional_utilization(model: nn.Module, batches: Iterable[Batch],
 @register
 class Greedy(Method):
     name = "greedy"
-    summary = "balanced multi-modal learning: re-balancing steps train the modality with the slowest conditional learning speed"
+    summary = (
+        "balanced multi-modal learning: re-balancing steps train the modality with the slowest conditional "
+        "learning speed"
+    )
     min_modalities = 2
     leaves_parameters_unused = True  # a re-balancing step trains one modality's branch only
 
@@ -170,11 +175,14 @@ class Greedy(Method):
         if options.threshold < 0 or options.window < 1 or options.warmup_epochs < 0:
             raise ConfigError("method.threshold and method.warmup_epochs must be >= 0, method.window >= 1")
         if options.normal_loss not in NORMAL_LOSS:
-            raise ConfigError(f"unknown method.normal_loss '{options.normal_loss}'"
-                              f"{closest(options.normal_loss, NORMAL_LOSS)}")
+            raise ConfigError(
+                f"unknown method.normal_loss '{options.normal_loss}'{closest(options.normal_loss, NORMAL_LOSS)}"
+            )
         if options.rebalance_loss not in REBALANCE_LOSS:
-            raise ConfigError(f"unknown method.rebalance_loss '{options.rebalance_loss}'"
-                              f"{closest(options.rebalance_loss, REBALANCE_LOSS)}")
+            raise ConfigError(
+                f"unknown method.rebalance_loss '{options.rebalance_loss}'"
+                f"{closest(options.rebalance_loss, REBALANCE_LOSS)}"
+            )
         self.switch = RebalanceSwitch(options.threshold, options.window)
         self.cumulative = [0.0] * len(modalities)
         """mu_m: accumulated relative gradient norms of each encoder over the normal steps."""
@@ -184,14 +192,18 @@ class Greedy(Method):
         self._groups: tuple[dict[str, list[nn.Parameter]], dict[str, list[nn.Parameter]]] | None = None
         self._undo: dict[str, Any] | None = None
 
-    def groups(self, model: nn.Module) -> tuple[dict[str, list[nn.Parameter]], dict[str, list[nn.Parameter]]]:
+    def groups(
+        self, model: MultimodalClassifier
+    ) -> tuple[dict[str, list[nn.Parameter]], dict[str, list[nn.Parameter]]]:
         """(encoder parameters, branch parameters) per modality. A branch is the encoder plus the
         fusion parameters that belong to that modality alone (a ModuleDict entry named after it,
         e.g. the mean fusion's heads[m]); a head shared by all modalities belongs to none."""
         if self._groups is None:
             encoders = {m: list(model.encoders[m].parameters()) for m in self.modalities}
-            branches = {m: encoders[m] + [p for name, p in model.fusion.named_parameters() if m in name.split(".")]
-                        for m in self.modalities}
+            branches = {
+                m: encoders[m] + [p for name, p in model.fusion.named_parameters() if m in name.split(".")]
+                for m in self.modalities
+            }
             self._groups = (encoders, branches)
         return self._groups
 
@@ -204,29 +216,33 @@ class Greedy(Method):
         # with detached per-modality heads z_k carries no gradient to the encoder: keep the normal loss
         if not self.switch.rebalancing or self.options.rebalance_loss == "same" or aux is not None:
             if self.options.normal_loss == "branches" and aux is None:
-                branches = sum(cross_entropy(out.logits[m], batch.y) for m in self.modalities)
+                branches = tensor_sum(cross_entropy(out.logits[m], batch.y) for m in self.modalities)
                 return Losses(branches, {"cls": cls.detach(), "branches": branches})
             return Losses(cls if aux is None else cls + aux, terms)
-        own = cross_entropy(out.logits[self.modalities[self.switch.target]], batch.y)
+        target = self.switch.target
+        assert target is not None  # re-balancing: a modality is targeted
+        own = cross_entropy(out.logits[self.modalities[target]], batch.y)
         return Losses(own, {"cls": cls.detach()})
 
     def after_backward(self, ctx: StepContext) -> None:
         encoders, branches = self.groups(ctx.model)
         self._undo = self.get_extra_state()  # restored if the trainer skips this step
         if self.switch.rebalancing:
-            kept = self.modalities[self.switch.target]
+            target = self.switch.target
+            assert target is not None  # re-balancing: a modality is targeted
+            kept = self.modalities[target]
             for m in self.modalities:
                 if m != kept:
                     for p in branches[m]:
                         p.grad = None
-            self.rebalanced[self.switch.target] += 1
+            self.rebalanced[target] += 1
             self.switch.count()
             return
-        ratios = ctx.all_reduce_mean(torch.stack([relative_gradient_norm(encoders[m]) for m in self.modalities]))
-        ratios = ratios.double().tolist()
+        reduced = ctx.all_reduce_mean(torch.stack([relative_gradient_norm(encoders[m]) for m in self.modalities]))
+        ratios = reduced.double().tolist()
         if not all(math.isfinite(r) for r in ratios):
             return  # a non-finite gradient: the trainer stops or skips this step; the speeds stay clean
-        self.cumulative = [c + r for c, r in zip(self.cumulative, ratios)]
+        self.cumulative = [c + r for c, r in zip(self.cumulative, ratios, strict=True)]
         self.speeds = conditional_speeds(self.cumulative)
         if ctx.epoch >= self.options.warmup_epochs:
             self.switch.decide(self.speeds)
@@ -241,8 +257,13 @@ class Greedy(Method):
             self._undo = None
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"cumulative": list(self.cumulative), "speeds": list(self.speeds), "rebalanced": list(self.rebalanced),
-                "target": self.switch.target, "left": self.switch.left}
+        return {
+            "cumulative": list(self.cumulative),
+            "speeds": list(self.speeds),
+            "rebalanced": list(self.rebalanced),
+            "target": self.switch.target,
+            "left": self.switch.left,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.cumulative, self.speeds = list(state["cumulative"]), list(state["speeds"])

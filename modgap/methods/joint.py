@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 
 from ..models.classifier import ModelOutput
-from .base import Losses, Method, StepContext, cross_entropy, register
+from .base import Losses, Method, StepContext, cross_entropy, register, tensor_sum
 
 
 def auxiliary_loss(out: ModelOutput, y: torch.Tensor, ctx: StepContext) -> torch.Tensor | None:
     """sum_m CE(z_m, y) when the model's fusion declares detached per-modality heads, else None."""
     if not getattr(ctx.model.fusion, "detached_heads", False):
         return None
-    return sum(cross_entropy(z, y) for z in out.logits.values())
+    return tensor_sum(cross_entropy(z, y) for z in out.logits.values())
 
 
 @register

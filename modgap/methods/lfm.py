@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..data.base import Batch
 from ..errors import ConfigError, closest
 from .alpha_steps import PAPER_SLOPE, neumann_hypergradient
 from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register
@@ -116,8 +117,9 @@ class LFMLearned(LFMBase):
         every: int = 10
         """Update alpha after every K-th optimiser step."""
         parametrization: str = "schedule"
-        """clip (alpha itself, clipped; the default before issue 12), sigmoid (a logit) or schedule (a learned schedule of the epoch t,
-        logit alpha(t) = a + b log(1 + t), a from alpha0 and b from schedule_slope; alpha_steps.py)."""
+        """clip (alpha itself, clipped; the default before issue 12), sigmoid (a logit) or schedule (a learned
+        schedule of the epoch t, logit alpha(t) = a + b log(1 + t), a from alpha0 and b from schedule_slope;
+        alpha_steps.py)."""
         schedule_slope: float = PAPER_SLOPE
         """parametrization=schedule: the starting b (1.2 with alpha0 0.37 follows the paper's schedule)."""
         step: str = "rms"
@@ -164,7 +166,9 @@ class LFMLearned(LFMBase):
         if o.horizon < 1 or o.warmup < 0 or o.val_modality_weight < 0:
             raise ConfigError("method.horizon must be >= 1, method.warmup and method.val_modality_weight >= 0")
         if o.val_objective not in VAL_OBJECTIVES:
-            raise ConfigError(f"unknown method.val_objective '{o.val_objective}'{closest(o.val_objective, VAL_OBJECTIVES)}")
+            raise ConfigError(
+                f"unknown method.val_objective '{o.val_objective}'{closest(o.val_objective, VAL_OBJECTIVES)}"
+            )
         if o.variant == "official":
             remedies = {"horizon": 1, "hyper_momentum": 0.0, "warmup": 0}  # val_objective, step: not used
             changed = [k for k, v in remedies.items() if getattr(o, k) != v]
@@ -172,9 +176,18 @@ class LFMLearned(LFMBase):
                 raise ConfigError(f"method.{changed[0]} applies to variant=exact, not to the official reproduction")
             self.learner = AlphaLearner(1.0 - o.official_w0, o.official_lr, (0.05, 0.95))
         else:
-            self.learner = AlphaLearner(o.alpha0, o.lr_alpha, (o.alpha_min, o.alpha_max), o.parametrization,
-                                        horizon=min(o.horizon, o.every), momentum=o.hyper_momentum, step=o.step,
-                                        step_size=o.step_size, rms_beta=o.rms_beta, slope=o.schedule_slope)
+            self.learner = AlphaLearner(
+                o.alpha0,
+                o.lr_alpha,
+                (o.alpha_min, o.alpha_max),
+                o.parametrization,
+                horizon=min(o.horizon, o.every),
+                momentum=o.hyper_momentum,
+                step=o.step,
+                step_size=o.step_size,
+                rms_beta=o.rms_beta,
+                slope=o.schedule_slope,
+            )
         self._pending = False
 
     @property
@@ -205,8 +218,13 @@ class LFMLearned(LFMBase):
             return super().backward(losses, ctx)
         if self.options.variant == "implicit":
             return self._implicit_update(losses, ctx)
-        self.learner.backward(losses.terms["cls"], losses.terms["match"], ctx.params, self.options.loss_scale,
-                              reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share))
+        self.learner.backward(
+            losses.terms["cls"],
+            losses.terms["match"],
+            ctx.params,
+            self.options.loss_scale,
+            reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share),
+        )
         self._pending = True
 
     def after_backward(self, ctx: StepContext) -> None:
@@ -220,18 +238,35 @@ class LFMLearned(LFMBase):
         if not self._due(ctx):  # inside a window (horizon > 1): carry d theta/d alpha through the step
             self.learner.advance(ctx.optimizer, ctx.params)
             return
+        val, val_loss = self._validation_loss(ctx)
+
+        def reduce(h: torch.Tensor) -> torch.Tensor:
+            ctx.reduce_weighted([h], val.share)
+            return h
+
+        self.learner.step(
+            val_loss,
+            ctx.optimizer,
+            ctx.params,
+            reduce,
+            reduce_grads=lambda tensors: ctx.reduce_weighted(tensors, val.share),
+        )
+
+    def _validation_loss(self, ctx: StepContext) -> tuple[Batch, torch.Tensor]:
+        """The next validation batch and its loss (``val_objective``), computed in evaluation mode and
+        kept on the graph: the hypergradient differentiates it with respect to the parameters."""
         o = self.options
+        assert ctx.next_val_batch is not None  # the trainer provides it to methods that use val batches
         val = ctx.next_val_batch()
         with evaluation_mode(ctx.model, self):
-            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight,
-                                       combine=lambda values: ctx.reduce_weighted(values, val.share))
-
-            def reduce(h: torch.Tensor) -> torch.Tensor:
-                ctx.reduce_weighted([h], val.share)
-                return h
-
-            self.learner.step(val_loss, ctx.optimizer, ctx.params, reduce,
-                              reduce_grads=lambda tensors: ctx.reduce_weighted(tensors, val.share))
+            loss = validation_loss(
+                ctx.model(val.inputs),
+                val.y,
+                o.val_objective,
+                o.val_modality_weight,
+                combine=lambda values: ctx.reduce_weighted(values, val.share),
+            )
+        return val, loss
 
     def _implicit_update(self, losses: Losses, ctx: StepContext) -> None:
         """variant=implicit, on a due step, before the optimiser's step: p.grad += grad L, and alpha moves
@@ -241,22 +276,26 @@ class LFMLearned(LFMBase):
         cls, match = losses.terms["cls"], losses.terms["match"]
         total = lfm_objective(cls, match, self.alpha, o.loss_scale)
         g_total = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
-        d = torch.autograd.grad(o.loss_scale * (cls - match), params, retain_graph=True, allow_unused=True)
-        d = [torch.zeros_like(p) if g is None else g for p, g in zip(params, d)]
+        raw_d = torch.autograd.grad(o.loss_scale * (cls - match), params, retain_graph=True, allow_unused=True)
+        d = [torch.zeros_like(p) if g is None else g for p, g in zip(params, raw_d, strict=True)]
         ctx.reduce_weighted(d, ctx.share)
-        val = ctx.next_val_batch()
-        with evaluation_mode(ctx.model, self):
-            val_loss = validation_loss(ctx.model(val.inputs), val.y, o.val_objective, o.val_modality_weight,
-                                       combine=lambda values: ctx.reduce_weighted(values, val.share))
-        g_val = torch.autograd.grad(val_loss, params, allow_unused=True)
-        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_val)]
+        val, val_loss = self._validation_loss(ctx)
+        raw_val = torch.autograd.grad(val_loss, params, allow_unused=True)
+        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(params, raw_val, strict=True)]
         ctx.reduce_weighted(g_val, val.share)
         group = ctx.optimizer.param_groups[0]
         coupled = not (isinstance(ctx.optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay", False))
-        h, cos = neumann_hypergradient(g_total, params, g_val, d, o.neumann_lr or group["lr"], o.neumann_steps,
-                                       damping=group.get("weight_decay", 0.0) if coupled else 0.0,
-                                       reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share))
-        for p, g in zip(params, g_total):
+        h, cos = neumann_hypergradient(
+            g_total,
+            params,
+            g_val,
+            d,
+            o.neumann_lr or group["lr"],
+            o.neumann_steps,
+            damping=group.get("weight_decay", 0.0) if coupled else 0.0,
+            reduce=lambda tensors: ctx.reduce_weighted(tensors, ctx.share),
+        )
+        for p, g in zip(params, g_total, strict=True):
             if g is not None:
                 p.grad = g.detach() if p.grad is None else p.grad + g.detach()
         self.learner.update(cos if self.learner.rule == "cosine" else h)
@@ -271,12 +310,13 @@ class LFMLearned(LFMBase):
         if self.options.variant != "official":
             return
         o = self.options
+        assert ctx.fixed_val_batch is not None  # the trainer provides it to methods that use val batches
         batch = ctx.fixed_val_batch(o.official_batch)
         with evaluation_mode(ctx.model, self):
             out = ctx.model(batch.inputs)
             cls, match = cross_entropy(out.fused, batch.y), self.matching(out)
-            g = official_matching_gradient(cls, match, self.alpha, 1.0, ctx.params)
-        g = float(ctx.all_reduce_mean(g.detach()))
+            grad = official_matching_gradient(cls, match, self.alpha, 1.0, ctx.params)
+        g = float(ctx.all_reduce_mean(grad.detach()))
         lr = o.official_lr * 0.5 ** (ctx.epoch // o.official_halve_every)
         ok = math.isfinite(g) and not math.isnan(lr * g)  # inf * 0 (official_lr = inf, g = 0): no step
         w = min(max((1.0 - self.alpha) - lr * g, 0.05), 0.95) if ok else 1.0 - self.alpha

@@ -66,8 +66,9 @@ def entropy_weights(logits: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.softmax(-e, 0)  # = exp(max_n e_n - e_m) / sum_k exp(max_n e_n - e_k)
 
 
-def entropy_fusion(logits: dict[str, torch.Tensor], combine: str = "logits",
-                   weights: tuple[float, ...] | None = None) -> torch.Tensor:
+def entropy_fusion(
+    logits: dict[str, torch.Tensor], combine: str = "logits", weights: tuple[float, ...] | None = None
+) -> torch.Tensor:
     """The test-time fusion: sum_m lambda_m z_m, or log sum_m lambda_m softmax(z_m); lambda from the
     entropies, or the constant ``weights`` (one per modality) when given."""
     z = torch.stack(list(logits.values())).float()  # (M, B, C)
@@ -122,6 +123,8 @@ class MLA(Method):
         1/M each (released code: --av_alpha 0.5; three modalities --a_alpha 0.35 --v_alpha 0.25
         --t_alpha 0.4)."""
 
+    projector: torch.Tensor  # a buffer (register_buffer in __init__), declared for the type checker
+
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.combine not in COMBINE:
@@ -131,8 +134,9 @@ class MLA(Method):
         if options.owm_order not in ORDERS:
             raise ConfigError(f"unknown method.owm_order '{options.owm_order}'{closest(options.owm_order, ORDERS)}")
         if options.test_fusion not in TEST_FUSIONS:
-            raise ConfigError(f"unknown method.test_fusion '{options.test_fusion}'"
-                              f"{closest(options.test_fusion, TEST_FUSIONS)}")
+            raise ConfigError(
+                f"unknown method.test_fusion '{options.test_fusion}'{closest(options.test_fusion, TEST_FUSIONS)}"
+            )
         if options.fixed_weights and len(options.fixed_weights) != len(modalities):
             raise ConfigError(f"mla: method.fixed_weights needs one weight per modality ({len(modalities)})")
         if options.owm_alpha < 0 or options.owm_alpha_decay <= 0:
@@ -158,7 +162,7 @@ class MLA(Method):
         per = self.steps_per_batch()
         batches = max(ctx.steps_per_epoch // per, 1)
         within = ((ctx.step % max(ctx.steps_per_epoch, 1)) // per) / batches
-        return self.options.owm_alpha * self.options.owm_alpha_decay ** within
+        return self.options.owm_alpha * self.options.owm_alpha_decay**within
 
     # ---- hooks -------------------------------------------------------------------------------
     def losses(self, out, batch, ctx) -> Losses:
@@ -189,7 +193,11 @@ class MLA(Method):
             self.projector.copy_(owm_update(self.projector, x, self.alpha_at(ctx), self.options.owm_normalize))
         P = self.projector
         if self.options.owm_bias:
-            gb = b.grad if b is not None and b.grad is not None else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+            gb = (
+                b.grad
+                if b is not None and b.grad is not None
+                else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+            )
             grad = torch.cat([w.grad, gb[:, None]], 1).double() @ P
             w.grad.copy_(grad[:, :-1].to(w.grad.dtype))
             if b is not None and b.grad is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import Losses, Method, StepContext, cross_entropy, register
+from .base import Losses, Method, StepContext, cross_entropy, register, tensor_sum
 
 
 def min_norm_weight(g1: torch.Tensor, g2: torch.Tensor) -> float:
@@ -45,8 +45,9 @@ def min_norm_weight(g1: torch.Tensor, g2: torch.Tensor) -> float:
     return min(max(float((-diff * g2).sum()) / denom, 0.0), 1.0)
 
 
-def pareto_combine(g_f: torch.Tensor, g_u: torch.Tensor, magnitude: float = 1.0,
-                   spans: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, float, float]:
+def pareto_combine(
+    g_f: torch.Tensor, g_u: torch.Tensor, magnitude: float = 1.0, spans: list[tuple[int, int]] | None = None
+) -> tuple[torch.Tensor, float, float]:
     """MMPareto's integration of the fused and the unimodal gradient of one encoder.
 
     g_f, g_u: the encoder's flattened gradients. The weights use the whole vectors; the magnitude
@@ -69,7 +70,9 @@ def pareto_combine(g_f: torch.Tensor, g_u: torch.Tensor, magnitude: float = 1.0,
 
 
 def _flat(grads, params) -> torch.Tensor:
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+    )
 
 
 @register
@@ -101,7 +104,7 @@ class MMPareto(Method):
     def losses(self, out, batch, ctx) -> Losses:
         fused = cross_entropy(out.fused, batch.y)
         terms = {"cls": fused, **{f"cls_{m}": cross_entropy(out.logits[m], batch.y) for m in self.modalities}}
-        return Losses(sum(terms.values()), terms)
+        return Losses(tensor_sum(terms.values()), terms)
 
     def takes_own_gradients(self, ctx: StepContext) -> bool:
         return True
@@ -109,13 +112,13 @@ class MMPareto(Method):
     def backward(self, losses: Losses, ctx: StepContext) -> None:
         params = list(ctx.params)
         names = ["cls", *(f"cls_{m}" for m in self.modalities)]
-        flat, used = {}, set()
+        flat: dict[str, torch.Tensor] = {}
+        used: set[int] = set()
         for k, name in enumerate(names):
-            grads = torch.autograd.grad(losses.terms[name], params, retain_graph=k < len(names) - 1,
-                                        allow_unused=True)
-            used.update(id(p) for p, g in zip(params, grads) if g is not None)
+            grads = torch.autograd.grad(losses.terms[name], params, retain_graph=k < len(names) - 1, allow_unused=True)
+            used.update(id(p) for p, g in zip(params, grads, strict=True) if g is not None)
             flat[name] = ctx.all_reduce_mean(_flat(grads, params))
-        combined = sum(flat.values())  # the plain sum, kept for every parameter outside the encoders
+        combined = tensor_sum(flat.values())  # the plain sum, kept for every parameter outside the encoders
         offsets, start = {}, 0
         for p in params:
             offsets[id(p)] = (start, start + p.numel())
@@ -129,10 +132,14 @@ class MMPareto(Method):
             for a, b in spans:
                 blocks.append((at, at + b - a))
                 at += b - a
-            g, a, cos = pareto_combine(flat["cls"][index], flat[f"cls_{m}"][index], self.options.magnitude,
-                                       blocks if self.options.rescale == "tensor" else None)
+            g, weight, cos = pareto_combine(
+                flat["cls"][index],
+                flat[f"cls_{m}"][index],
+                self.options.magnitude,
+                blocks if self.options.rescale == "tensor" else None,
+            )
             combined[index] = g
-            self.last[m] = {"weight_fused": a, "cos": cos}
+            self.last[m] = {"weight_fused": weight, "cos": cos}
         for p in params:
             if id(p) not in used:
                 continue  # no loss reaches it: leave its gradient as it is (None)

@@ -45,8 +45,10 @@ def discrepancy_ratios(scores: dict[str, float]) -> dict[str, float]:
 
 def modulation_coefficients(scores: dict[str, float], alpha: float, offset: float = 0.0) -> dict[str, float]:
     """k_m = 1 - tanh(alpha * relu(rho_m - offset)) for modalities with rho_m > 1, else 1 (offset 0: Eq. 10)."""
-    return {m: (1.0 - math.tanh(alpha * max(rho - offset, 0.0))) if rho > 1.0 else 1.0
-            for m, rho in discrepancy_ratios(scores).items()}
+    return {
+        m: (1.0 - math.tanh(alpha * max(rho - offset, 0.0))) if rho > 1.0 else 1.0
+        for m, rho in discrepancy_ratios(scores).items()
+    }
 
 
 PARAMS = ("auto", "conv", "all")
@@ -101,8 +103,9 @@ class OGMGE(Joint):
         if options.params not in PARAMS:
             raise ConfigError(f"unknown method.params '{options.params}' of ogm-ge{closest(options.params, PARAMS)}")
         if options.noise_std not in NOISE_STD:
-            raise ConfigError(f"unknown method.noise_std '{options.noise_std}' of ogm-ge"
-                              f"{closest(options.noise_std, NOISE_STD)}")
+            raise ConfigError(
+                f"unknown method.noise_std '{options.noise_std}' of ogm-ge{closest(options.noise_std, NOISE_STD)}"
+            )
         self.noise_seed = int(torch.initial_seed()) % (2**31)
         self.last_scores: dict[str, float] = {}
         self.last_coefficients: dict[str, float] = {m: 1.0 for m in modalities}
@@ -115,7 +118,7 @@ class OGMGE(Joint):
             return
         scores = modality_scores({m: ctx.out.logits[m] for m in self.modalities}, ctx.batch.y)
         reduced = ctx.all_reduce_mean(torch.stack(list(scores.values())))
-        self.last_scores = {m: float(v) for m, v in zip(scores, reduced)}
+        self.last_scores = {m: float(v) for m, v in zip(scores, reduced, strict=True)}
         coeffs = modulation_coefficients(self.last_scores, self.options.alpha, self.options.offset)
         self.last_coefficients = coeffs
         if not self.active(ctx.epoch):

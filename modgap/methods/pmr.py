@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, closest
-from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register
+from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register, tensor_sum
 
 DISTANCES = ("euclidean", "squared")
 RULES = ("released", "paper")
@@ -113,6 +113,8 @@ class PMR(Method):
         """shuffled pass only: fraction of the train batches used, at least one batch (released code:
         the first tenth, all_num // 10 batches). 1.0: the whole train split."""
 
+    proto_ready: torch.Tensor  # a buffer (register_buffer in __init__), declared for the type checker
+
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.distance not in DISTANCES:
@@ -120,7 +122,9 @@ class PMR(Method):
         if options.rule not in RULES:
             raise ConfigError(f"unknown method.rule '{options.rule}'{closest(options.rule, RULES)}")
         if options.proto_pass not in PROTO_PASSES:
-            raise ConfigError(f"unknown method.proto_pass '{options.proto_pass}'{closest(options.proto_pass, PROTO_PASSES)}")
+            raise ConfigError(
+                f"unknown method.proto_pass '{options.proto_pass}'{closest(options.proto_pass, PROTO_PASSES)}"
+            )
         if not 0.0 < options.proto_fraction <= 1.0:
             raise ConfigError("pmr: method.proto_fraction must lie in (0, 1]")
         if not 0.0 <= options.momentum < 1.0:
@@ -191,7 +195,7 @@ class PMR(Method):
         """s^m = sum_i softmax(-d)[i, y_i] over the batch (averaged over processes)."""
         s = torch.stack([F.softmax(logits[m].detach(), 1).gather(1, y[:, None]).sum() for m in self.modalities])
         s = ctx.all_reduce_mean(s)
-        return {m: float(v) for m, v in zip(self.modalities, s)}
+        return {m: float(v) for m, v in zip(self.modalities, s, strict=True)}
 
     def losses(self, out, batch, ctx) -> Losses:
         cls = cross_entropy(out.fused, batch.y)
@@ -205,11 +209,11 @@ class PMR(Method):
             beta, gamma = released_coefficients(scores), {m: 0.0 for m in self.modalities}
         else:
             beta, gamma = rebalance_coefficients(scores)
-        pce = sum(beta[m] * F.cross_entropy(logits[m], batch.y) for m in self.modalities)
+        pce = tensor_sum(beta[m] * F.cross_entropy(logits[m], batch.y) for m in self.modalities)
         total = cls + o.alpha * pce
         terms = {"cls": cls, "pce": pce}
         if o.rule == "paper" and ctx.epoch < o.per_epochs and o.mu > 0:
-            per = sum(gamma[m] * entropy(logits[m]) for m in self.modalities)
+            per = tensor_sum(gamma[m] * entropy(logits[m]) for m in self.modalities)
             total = total - o.mu * per
             terms["entropy"] = per
         self.last = {"scores": scores, "beta": beta, "gamma": gamma}

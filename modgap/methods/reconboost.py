@@ -37,8 +37,14 @@ from ..models.classifier import ModelOutput
 from .base import Losses, Method, StepContext, cross_entropy, register
 
 
-def reconcilement_loss(z: torch.Tensor, others: torch.Tensor, y: torch.Tensor, ce_weight: float = 5.0,
-                       kl_weight: float = 1.0, class_mean: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reconcilement_loss(
+    z: torch.Tensor,
+    others: torch.Tensor,
+    y: torch.Tensor,
+    ce_weight: float = 5.0,
+    kl_weight: float = 1.0,
+    class_mean: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, ce, kl), batch means: total = (ce_weight * CE(z, y) - kl_weight * KL(y ⊙ p_o || softmax(z))) / C
     with C the number of classes when ``class_mean`` (the released code's ``.mean(-1)``), else without /C.
     p_o = softmax(others) is treated as a constant. KL(q || p) = sum_c q_c (log q_c - log p_c) with the
@@ -101,9 +107,11 @@ class ReconBoost(Method):
 
     def on_epoch_start(self, ctx: StepContext) -> None:
         if getattr(ctx.model.fusion, "detached_heads", False):
-            raise ConfigError("reconboost trains each modality through its own logits z_m, but this fusion computes "
-                              "them on detached features (they would never reach the encoders); use "
-                              "model.fusion=mean, sum, concat or concat-heads")
+            raise ConfigError(
+                "reconboost trains each modality through its own logits z_m, but this fusion computes "
+                "them on detached features (they would never reach the encoders); use "
+                "model.fusion=mean, sum, concat or concat-heads"
+            )
         within = ctx.epoch % (self.options.stage_epochs + self.options.rectify_epochs)
         if self.options.reset_optimizer and within in (0, self.options.stage_epochs) and ctx.optimizer is not None:
             ctx.optimizer.state.clear()  # a new phase: a fresh optimiser, as the released code
@@ -119,8 +127,14 @@ class ReconBoost(Method):
         others = sum(out.logits[k].detach() for k in self.modalities if k != m)
         if not torch.is_tensor(others):  # a single modality: no others, uniform p_o
             others = torch.zeros_like(out.logits[m])
-        total, ce, kl = reconcilement_loss(out.logits[m], self.rho.detach() * others, batch.y, self.options.ce_weight,
-                                           self.options.kl_weight, self.options.class_mean)
+        total, ce, kl = reconcilement_loss(
+            out.logits[m],
+            self.rho.detach() * others,
+            batch.y,
+            self.options.ce_weight,
+            self.options.kl_weight,
+            self.options.class_mean,
+        )
         return Losses(total, {f"cls_{m}": ce, "kl": kl})
 
     def predict(self, out: ModelOutput) -> torch.Tensor:

@@ -20,7 +20,7 @@ import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,9 @@ from torch import nn
 
 from ..data.base import Batch
 from ..errors import ConfigError, DataError, ModgapError, RunFolderError, closest
+from ..models.classifier import MultimodalClassifier
 from ..runs import RunFolder, load_checkpoint
-from .base import METHODS, StepContext, trains_unimodal_models
+from .base import METHODS, StepContext, tensor_sum, trains_unimodal_models
 
 FORMAT = "modgap.teachers/1"
 SELECT = ("best", "last")
@@ -44,7 +45,7 @@ class Teachers:
         self.source = "trained in this run"
 
     @classmethod
-    def like(cls, model: nn.Module, modalities: tuple[str, ...], num_classes: int) -> "Teachers":
+    def like(cls, model: MultimodalClassifier, modalities: tuple[str, ...], num_classes: int) -> Teachers:
         """Teachers shaped like ``model``'s encoders, starting from their current weights.
 
         Called before the model's first step, so a teacher starts where the multimodal encoder
@@ -56,7 +57,7 @@ class Teachers:
         with torch.random.fork_rng(devices=[]):
             for m, enc in encoders.items():
                 p = next(enc.parameters())
-                heads[m] = nn.Linear(enc.out_dim, num_classes).to(p.device, p.dtype)
+                heads[m] = nn.Linear(cast(int, enc.out_dim), num_classes).to(p.device, p.dtype)
         return cls(encoders, heads)
 
     # ---- modules ----------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class Teachers:
             self.train(True)
             for batch in _train_batches(ctx, epoch):
                 optimizer.zero_grad(set_to_none=True)
-                loss = sum(F.cross_entropy(z, batch.y) for z in self.logits(batch.inputs).values())
+                loss = tensor_sum(F.cross_entropy(z, batch.y) for z in self.logits(batch.inputs).values())
                 if not torch.isfinite(loss):
                     raise ModgapError(f"uni-modal teachers: non-finite loss in teacher epoch {epoch}")
                 loss.backward()
@@ -129,14 +130,15 @@ class Teachers:
         self.train(False)
         device = next(self.heads[next(iter(self.heads))].parameters()).device
         counts = torch.zeros(len(self.encoders), 2, device=device)  # (correct, seen) per modality
+        assert ctx.iterate is not None  # the trainer provides it
         for batch in ctx.iterate(split):
             for i, z in enumerate(self.logits(batch.inputs).values()):
                 counts[i, 0] += (z.argmax(1) == batch.y).sum()
                 counts[i, 1] += len(batch)
-        for module, mode in zip(self.modules(), modes):
+        for module, mode in zip(self.modules(), modes, strict=True):
             module.train(mode)
-        counts = ctx.all_reduce_mean(counts).tolist()  # every process: the whole split
-        return {m: c / max(n, 1.0) for m, (c, n) in zip(self.encoders, counts)}
+        rows = ctx.all_reduce_mean(counts).tolist()  # every process: the whole split
+        return {m: c / max(n, 1.0) for m, (c, n) in zip(self.encoders, rows, strict=True)}
 
     # ---- state ------------------------------------------------------------------------------
     def state_of(self, m: str) -> dict[str, Any]:
@@ -147,24 +149,34 @@ class Teachers:
             self.encoders[m].load_state_dict(state["encoder"])
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise DataError(f"teacher for '{m}' ({self.source}) does not fit this run's '{m}' encoder: {first}") from None
+            raise DataError(
+                f"teacher for '{m}' ({self.source}) does not fit this run's '{m}' encoder: {first}"
+            ) from None
         if state.get("head") is not None:
             try:
                 self.heads[m].load_state_dict(state["head"])
             except RuntimeError:
-                raise DataError(f"teacher head for '{m}' ({self.source}) does not fit this run "
-                                f"({self.heads[m].in_features} features, {self.heads[m].out_features} classes)") from None
+                raise DataError(
+                    f"teacher head for '{m}' ({self.source}) does not fit this run "
+                    f"({self.heads[m].in_features} features, {self.heads[m].out_features} classes)"
+                ) from None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "source": self.source, "val_acc": dict(self.val_acc),
-                "teachers": {m: self.state_of(m) for m in self.encoders}}
+        return {
+            "format": FORMAT,
+            "source": self.source,
+            "val_acc": dict(self.val_acc),
+            "teachers": {m: self.state_of(m) for m in self.encoders},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source = state.get("source", self.source)
         missing = [m for m in self.encoders if m not in state["teachers"]]
         if missing:
-            raise DataError(f"{self.source}: no uni-modal teacher for '{missing[0]}' "
-                            f"(it has {', '.join(sorted(state['teachers'])) or 'none'})")
+            raise DataError(
+                f"{self.source}: no uni-modal teacher for '{missing[0]}' "
+                f"(it has {', '.join(sorted(state['teachers'])) or 'none'})"
+            )
         for m in self.encoders:
             self.load_state_of(m, state["teachers"][m])
         self.val_acc = dict(state.get("val_acc", {}))
@@ -174,6 +186,7 @@ def _train_batches(ctx: StepContext, epoch: int) -> Iterator[Batch]:
     """The trainer's own training pass (shuffled, augmented) where it lends one, else the split in order."""
     if ctx.train_batches is not None:
         return ctx.train_batches(epoch)
+    assert ctx.iterate is not None  # the trainer provides it
     return ctx.iterate("train")
 
 
@@ -210,20 +223,27 @@ def read_teacher_state(path: str, modalities: tuple[str, ...]) -> dict[str, Any]
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many kinds for a file that is not a state_dict
-            raise DataError(f"{file}: not a modgap checkpoint nor a readable state_dict ({type(exc).__name__})") from None
+            raise DataError(
+                f"{file}: not a modgap checkpoint nor a readable state_dict ({type(exc).__name__})"
+            ) from None
     if not isinstance(state, dict):
         raise DataError(f"{file}: not a checkpoint (a {type(state).__name__})")
 
     for key, value in (state.get("method") or {}).items():
-        if key.endswith("_extra_state") and isinstance(value, dict) and value.get("format") == FORMAT \
-                and value.get("teachers"):
+        if (
+            key.endswith("_extra_state")
+            and isinstance(value, dict)
+            and value.get("format") == FORMAT
+            and value.get("teachers")
+        ):
             return {**value, "source": str(file)}
 
     method = _method_of(run)
     if method is not None and not trains_unimodal_models(method):
         sources = [name for name, cls in METHODS.items() if cls.unimodal_models]
-        raise ConfigError(f"{source}: a '{method}' run holds no uni-modal teachers; give a run of "
-                          f"{', '.join(sources)} or umt")
+        raise ConfigError(
+            f"{source}: a '{method}' run holds no uni-modal teachers; give a run of {', '.join(sources)} or umt"
+        )
     model = state.get("model", state)
     teachers = {}
     for m in modalities:
@@ -236,7 +256,7 @@ def read_teacher_state(path: str, modalities: tuple[str, ...]) -> dict[str, Any]
 
 
 def _part(state: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
 
 
 def _method_of(run: RunFolder) -> str | None:

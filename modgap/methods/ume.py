@@ -51,8 +51,10 @@ class UniModalEnsemble(Unimodal):
     def after_backward(self, ctx) -> None:
         """In ``a+b`` only the first method's loss is used: UME placed later would do nothing."""
         if not self._loss_seen:
-            raise ConfigError(f"method '{self.name}' works through its loss (independent uni-modal models), so in "
-                              f"a composition it must come first ({self.name}+<method>)")
+            raise ConfigError(
+                f"method '{self.name}' works through its loss (independent uni-modal models), so in "
+                f"a composition it must come first ({self.name}+<method>)"
+            )
 
     def predict(self, out) -> torch.Tensor:
         z = torch.stack([out.logits[m] for m in self.modalities])

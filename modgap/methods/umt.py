@@ -54,8 +54,9 @@ class UniModalTeacher(Method):
         if options.distill_weight < 0 or options.teacher_epochs < 0:
             raise ConfigError("method.distill_weight and method.teacher_epochs must be >= 0")
         if options.teacher_select not in SELECT:
-            raise ConfigError(f"unknown method.teacher_select '{options.teacher_select}'"
-                              f"{closest(options.teacher_select, SELECT)}")
+            raise ConfigError(
+                f"unknown method.teacher_select '{options.teacher_select}'{closest(options.teacher_select, SELECT)}"
+            )
         self.teachers: Teachers | None = None
         self._restored: dict[str, Any] | None = None
         self._own_loss = False
@@ -73,7 +74,9 @@ class UniModalTeacher(Method):
         teachers.freeze()
         self.teachers, self._restored = teachers, None
 
-    def distillation(self, features: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def distillation(
+        self, features: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """MSE(h_m, teacher h_m) per modality, named distill_<m>."""
         if self.teachers is None:
             raise RuntimeError("umt: a training step before on_epoch_start() built the teachers")
@@ -106,17 +109,19 @@ class UniModalTeacher(Method):
             raise ConfigError("method 'umt' after another method needs the step's batch (StepContext.batch)")
         encoders = [ctx.model.encoders[m] for m in self.modalities]
         saved = [{k: b.detach().clone() for k, b in e.named_buffers()} for e in encoders]
-        features = {m: e(ctx.batch.inputs[m]) for m, e in zip(self.modalities, encoders)}
+        features = {m: e(ctx.batch.inputs[m]) for m, e in zip(self.modalities, encoders, strict=True)}
         with torch.no_grad():
-            for e, state in zip(encoders, saved):
+            for e, state in zip(encoders, saved, strict=True):
                 for k, b in e.named_buffers():
                     b.copy_(state[k])
         loss = self.options.distill_weight * sum(self.distillation(features, ctx.batch.inputs).values())
         params = [p for e in encoders for p in e.parameters() if p.requires_grad]
-        grads = [torch.zeros_like(p) if g is None else g
-                 for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+        grads = [
+            torch.zeros_like(p) if g is None else g
+            for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True), strict=True)
+        ]
         ctx.reduce_weighted(grads, ctx.share)  # p.grad is already reduced over processes: so must this be
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g if p.grad is None else p.grad + g
 
     # ---- checkpoint state: the teachers' weights --------------------------------------------

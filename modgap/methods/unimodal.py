@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Losses, Method, cross_entropy, register
+from .base import Losses, Method, cross_entropy, register, tensor_sum
 
 
 def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mix: float) -> torch.Tensor:
@@ -54,4 +54,4 @@ class Unimodal(Method):
     def losses(self, out, batch, ctx) -> Losses:
         mix = self.options.label_mix
         terms = {f"cls_{m}": soft_cross_entropy(z, batch.y, mix) for m, z in out.logits.items()}
-        return Losses(sum(terms.values()), terms)
+        return Losses(tensor_sum(terms.values()), terms)

@@ -46,14 +46,20 @@ def encoder_names(modalities: tuple[str, ...], suggested: dict[str, str], cfg: M
     """model.encoders[m], else model.encoder, else (auto) what the dataset suggests."""
     unknown = set(cfg.encoders) - set(modalities)
     if unknown:
-        raise ConfigError(f"model.encoders names modality '{sorted(unknown)[0]}', which this run does not use"
-                          f"{closest(sorted(unknown)[0], modalities)}")
+        raise ConfigError(
+            f"model.encoders names modality '{sorted(unknown)[0]}', which this run does not use"
+            f"{closest(sorted(unknown)[0], modalities)}"
+        )
     default = {m: (suggested[m] if cfg.encoder == "auto" else cfg.encoder) for m in modalities}
     return {**default, **cfg.encoders}
 
 
-def build_model(input_shapes: dict[str, tuple[int, ...]], num_classes: int, cfg: ModelConfig,
-                suggested: dict[str, str] | None = None) -> MultimodalClassifier:
+def build_model(
+    input_shapes: dict[str, tuple[int, ...]],
+    num_classes: int,
+    cfg: ModelConfig,
+    suggested: dict[str, str] | None = None,
+) -> MultimodalClassifier:
     names = encoder_names(tuple(input_shapes), suggested or {m: "mlp" for m in input_shapes}, cfg)
     encoders = {m: ENCODERS.get(names[m])(shape, cfg) for m, shape in input_shapes.items()}
     for m, path in cfg.pretrained.items():
@@ -76,8 +82,10 @@ def load_encoder_weights(encoder: nn.Module, path: str, modality: str) -> None:
         state = state["model"]
     prefix = f"encoders.{modality}."
     if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing:
-        raise DataError(f"{path}: weights do not fit the '{modality}' encoder (missing {missing[0]}"
-                        f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''})")
+        raise DataError(
+            f"{path}: weights do not fit the '{modality}' encoder (missing {missing[0]}"
+            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''})"
+        )

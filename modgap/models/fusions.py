@@ -54,7 +54,7 @@ class ConcatFusion(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> Outputs:
         blocks = torch.split(self.head.weight, list(self.dims.values()), dim=1)
         share = self.head.bias / len(self.dims)
-        logits = {m: features[m] @ w.t() + share for m, w in zip(self.dims, blocks)}
+        logits = {m: features[m] @ w.t() + share for m, w in zip(self.dims, blocks, strict=True)}
         return logits, torch.stack(list(logits.values())).sum(0)
 
 
@@ -71,8 +71,10 @@ class SharedFusion(nn.Module):
         sizes = sorted(set(feature_dims.values()))
         if len(sizes) != 1:
             listed = ", ".join(f"{m}: {d}" for m, d in feature_dims.items())
-            raise ConfigError(f"fusion 'shared' applies one head to every modality, so their features must have "
-                              f"the same size (got {listed}); choose encoders with equal output sizes")
+            raise ConfigError(
+                f"fusion 'shared' applies one head to every modality, so their features must have "
+                f"the same size (got {listed}); choose encoders with equal output sizes"
+            )
         self.dim = sizes[0]
         self.head = nn.Linear(self.dim, num_classes)
 
@@ -121,7 +123,7 @@ class FiLMFusion(nn.Module):
 
     def fuse(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         c = features[self.order[0]]
-        for film, m in zip(self.films, self.order[1:]):
+        for film, m in zip(self.films, self.order[1:], strict=True):
             gamma, beta = film(c).chunk(2, dim=1)
             c = gamma * features[m] + beta
         return self.head(c)
@@ -171,6 +173,8 @@ class CosineFusion(nn.Module):
     DEFAULT_SCALE = 10.0
     """The released MMCosine code's default --scaling (main_CD.py, README)."""
 
+    scale: torch.Tensor  # a buffer (register_buffer in __init__), declared for the type checker
+
     def __init__(self, feature_dims: dict[str, int], num_classes: int, scale: float = DEFAULT_SCALE) -> None:
         super().__init__()
         self.weights = nn.ParameterDict()
@@ -181,8 +185,9 @@ class CosineFusion(nn.Module):
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     def forward(self, features: dict[str, torch.Tensor]) -> Outputs:
-        logits = {m: self.scale * F.normalize(h, dim=1) @ F.normalize(self.weights[m], dim=1).t()
-                  for m, h in features.items()}
+        logits = {
+            m: self.scale * F.normalize(h, dim=1) @ F.normalize(self.weights[m], dim=1).t() for m, h in features.items()
+        }
         return logits, torch.stack(list(logits.values())).sum(0)
 
 

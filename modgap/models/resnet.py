@@ -63,8 +63,13 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """A ResNet of BasicBlocks without a classifier: (N, C, H, W) -> (N, 8 * width) after global pooling."""
 
-    def __init__(self, in_channels: int = 3, width: int = 64, layers: tuple[int, ...] = (2, 2, 2, 2),
-                 zero_init_residual: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        width: int = 64,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         if in_channels < 1 or width < 1:
             raise ConfigError(f"a ResNet needs at least one input channel and width >= 1 (got {in_channels}, {width})")
@@ -75,7 +80,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         cin = width
         for i, blocks in enumerate(layers):
-            cout = width * 2 ** i
+            cout = width * 2**i
             stage = [BasicBlock(cin, cout, stride=1 if i == 0 else 2)]
             stage += [BasicBlock(cout, cout) for _ in range(blocks - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
@@ -112,8 +117,10 @@ def resnet18(in_channels: int = 3, width: int = 64, zero_init_residual: bool = F
 def _check_rank(input_shape: tuple[int, ...], rank: int, encoder: str, expected: str) -> tuple[int, ...]:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != rank or min(shape, default=0) < 1:
-        raise ConfigError(f"encoder '{encoder}' expects inputs of shape {expected} per sample, "
-                          f"got {shape}; choose another with model.encoders")
+        raise ConfigError(
+            f"encoder '{encoder}' expects inputs of shape {expected} per sample, "
+            f"got {shape}; choose another with model.encoders"
+        )
     return shape
 
 

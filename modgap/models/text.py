@@ -35,8 +35,9 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError:
-        raise ConfigError("the text encoder needs the transformers package: install modgap[text] "
-                          "(pip install transformers)") from None
+        raise ConfigError(
+            "the text encoder needs the transformers package: install modgap[text] (pip install transformers)"
+        ) from None
     return transformers
 
 
@@ -51,9 +52,11 @@ def load_text_model(path: str) -> nn.Module:
     try:
         model = transformers.AutoModel.from_pretrained(path)
     except Exception as exc:  # OSError, ValueError, HF hub errors, ... all mean "cannot load this"
-        raise DataError(f"{path}: cannot load a transformers model ({type(exc).__name__}: {_one_line(exc)}); "
-                        f"install transformers and give a local folder written by save_pretrained, "
-                        f"or a hub name with network access") from None
+        raise DataError(
+            f"{path}: cannot load a transformers model ({type(exc).__name__}: {_one_line(exc)}); "
+            f"install transformers and give a local folder written by save_pretrained, "
+            f"or a hub name with network access"
+        ) from None
     return model.float()
 
 
@@ -85,8 +88,10 @@ def text(input_shape: tuple[int, ...], cfg: ModelConfig) -> nn.Module:
     """A transformers model (model.text_model, default bert-base-uncased), CLS or masked-mean pooled."""
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 2 or shape[0] != 2:
-        raise ConfigError(f"encoder 'text' expects (2, L) token ids + attention mask per sample, got {shape}; "
-                          f"choose another with model.encoders")
+        raise ConfigError(
+            f"encoder 'text' expects (2, L) token ids + attention mask per sample, got {shape}; "
+            f"choose another with model.encoders"
+        )
     path = getattr(cfg, "text_model", None) or DEFAULT_TEXT_MODEL
     pool = getattr(cfg, "text_pool", None) or DEFAULT_POOL
     if pool not in POOLINGS:  # before the (possibly slow) load
@@ -101,9 +106,11 @@ def build_tokenizer(path: str = DEFAULT_TEXT_MODEL) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(path)
     except Exception as exc:
-        raise DataError(f"{path}: cannot load a tokenizer ({type(exc).__name__}: {_one_line(exc)}); "
-                        f"install transformers and give a local folder written by save_pretrained, "
-                        f"or a hub name with network access") from None
+        raise DataError(
+            f"{path}: cannot load a tokenizer ({type(exc).__name__}: {_one_line(exc)}); "
+            f"install transformers and give a local folder written by save_pretrained, "
+            f"or a hub name with network access"
+        ) from None
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_len: int) -> np.ndarray:
@@ -113,8 +120,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_len: int) -> np.ndarray:
     texts = [str(t) for t in texts]
     if not texts:
         return np.zeros((0, 2, max_len), dtype=np.int64)
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_len,
-                    return_attention_mask=True)
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_len, return_attention_mask=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     mask = np.asarray(enc["attention_mask"], dtype=np.int64)
     return np.ascontiguousarray(np.stack([ids, mask], axis=1))

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .tables import write_csv as tables_write_csv
 from ..config import Config, build
 from ..runs import LAST, RunFolder, atomic_write_text
 from . import plots
+from .tables import write_csv as tables_write_csv
 
 DEFAULT_MIX = 0.3
 
@@ -55,28 +55,24 @@ def _slug(name: str) -> str:
 
 
 def _train_one(config: Config, run_dir: Path):
-    """Train (or reuse, or resume) one run; return the trainer with its last-epoch weights loaded."""
+    """Train (or reuse, or resume) one run; return it with its last-epoch weights loaded."""
     from ..train.trainer import Trainer
+    from .checkpoint import load_trained, with_checkpoint
 
     run = RunFolder(run_dir)
     if run.finished():
-        from .checkpoint import load_trained
         return load_trained(run_dir, "last", threads=config.train.threads or None)
     resume = run.resumable()
     if not resume:
         run.clear_unstarted()  # started but killed before its first checkpoint: start over
     trainer = Trainer(config, run_dir, resume=resume)
     trainer.fit()
-    state = trainer.run.load(LAST)
-    trainer.model.load_state_dict(state["model"])
-    trainer.method.load_state_dict(state["method"])
-    trainer.model.eval()
-    trainer.method.eval()
-    return trainer
+    return with_checkpoint(trainer.assembly, run.checkpoints / LAST)
 
 
-def label_fitting(base: Config, seeds: list[int], out: str | Path, mix: float = DEFAULT_MIX,
-                  log=print) -> dict[str, Any]:
+def label_fitting(
+    base: Config, seeds: list[int], out: str | Path, mix: float = DEFAULT_MIX, log=print
+) -> dict[str, Any]:
     """Run the three label settings x seeds; write table.md, table.csv, runs.csv, label_fitting.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,22 +84,35 @@ def label_fitting(base: Config, seeds: list[int], out: str | Path, mix: float = 
             config = build(Config, {"method": {"name": "unimodal", "label_mix": m}, "train": {"seed": seed}}, base=base)
             run_dir = out / "runs" / f"{_slug(name)}-s{seed}"
             log(f"label-fitting: {name}, seed {seed} -> {run_dir}")
-            trainer = _train_one(config, run_dir)
-            modalities = list(trainer.data.modalities)
-            classes = trainer.data.num_classes
+            trained = _train_one(config, run_dir)
+            modalities = list(trained.data.modalities)
+            classes = trained.data.num_classes
             h = target_entropy(m, classes)
-            records = trainer.run.read_metrics()
-            summary = trainer.run.read_summary()
-            train_metrics = trainer.evaluate("train").metrics
+            records = RunFolder(run_dir).read_metrics()
+            summary = RunFolder(run_dir).read_summary()
+            assert summary is not None  # the run has just finished
+            train_metrics = trained.evaluate("train").metrics
             last = records[-1]
             for mod in modalities:
                 kl = [r["train"][f"cls_{mod}"] - h for r in records]
                 curves.setdefault(name, {}).setdefault(mod, []).append(kl)
-                rows.append({"labels": name, "label_mix": m, "seed": seed, "modality": mod,
-                             "train_fit_kl": kl[-1], "train_loss": last["train"][f"cls_{mod}"],
-                             "target_entropy": h, "train_acc": train_metrics[mod]["acc"],
-                             "test_acc": last["test"][mod]["acc"], "test_acc_best": summary["test"][mod]["acc"],
-                             "probe": summary.get("probe", {}).get(mod), "epochs": len(records), "run": str(run_dir)})
+                rows.append(
+                    {
+                        "labels": name,
+                        "label_mix": m,
+                        "seed": seed,
+                        "modality": mod,
+                        "train_fit_kl": kl[-1],
+                        "train_loss": last["train"][f"cls_{mod}"],
+                        "target_entropy": h,
+                        "train_acc": train_metrics[mod]["acc"],
+                        "test_acc": last["test"][mod]["acc"],
+                        "test_acc_best": summary["test"][mod]["acc"],
+                        "probe": summary.get("probe", {}).get(mod),
+                        "epochs": len(records),
+                        "run": str(run_dir),
+                    }
+                )
     table = aggregate_rows(rows, modalities, mix)
     write_csv(out / "runs.csv", rows)
     write_csv(out / "table.csv", table)
@@ -167,10 +176,14 @@ def markdown_table(table: list[dict[str, Any]], modalities: list[str]) -> str:
         cells = [row["labels"], name, *[_cell(row[k], row[f"{k}_std"], row["seeds"]) for k, _ in METRICS]]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = table[0]["seeds"] if table else 0
-    lines += ["", f"Each modality trained alone (unimodal) for the same epochs; last epoch; mean ± std over {seeds} "
-              "seed(s). train fit (KL) = last epoch's mean training loss minus the entropy of the targets "
-              "(0 = targets fitted exactly); train and test acc against the true labels; probe = linear probe "
-              "on frozen features (best epoch, when train.probe is on). gap = strongest minus weakest modality.", ""]
+    lines += [
+        "",
+        f"Each modality trained alone (unimodal) for the same epochs; last epoch; mean ± std over {seeds} "
+        "seed(s). train fit (KL) = last epoch's mean training loss minus the entropy of the targets "
+        "(0 = targets fitted exactly); train and test acc against the true labels; probe = linear probe "
+        "on frozen features (best epoch, when train.probe is on). gap = strongest minus weakest modality.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -185,30 +198,52 @@ def label_fitting_figure(curves, table, modalities, mix):
     fig = plots.new_figure(14, 8)
     axes = fig.subplots(2, 3)
     colors = plots.modality_colors(modalities)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         for mod in modalities:
             runs = curves.get(name, {}).get(mod, [])
             if not runs:
                 continue
             length = min(len(r) for r in runs)
             y = np.mean([r[:length] for r in runs], axis=0)
-            plots.plot_series(ax, list(range(length)), y.tolist(), mod, f"{name}::{mod}::train_fit_kl",
-                              color=colors[mod], marker=".", ms=4)
+            plots.plot_series(
+                ax,
+                list(range(length)),
+                y.tolist(),
+                mod,
+                f"{name}::{mod}::train_fit_kl",
+                color=colors[mod],
+                marker=".",
+                ms=4,
+            )
         ax.set(title=f"{name} labels", xlabel="epoch", ylabel="train loss − H(targets) (KL)")
         plots.epoch_axis(ax)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax, (key, title) in zip(axes[1], (("train_acc", "Train accuracy (true labels)"),
-                                          ("test_acc", "Test accuracy"), ("train_fit_kl", "Train fit (KL), last epoch"))):
+    for ax, (key, title) in zip(
+        axes[1],
+        (
+            ("train_acc", "Train accuracy (true labels)"),
+            ("test_acc", "Test accuracy"),
+            ("train_fit_kl", "Train fit (KL), last epoch"),
+        ),
+        strict=True,
+    ):
         width = 0.8 / len(modalities)
         pos = np.arange(len(names))
         for k, mod in enumerate(modalities):
             rows = {r["labels"]: r for r in table if r["modality"] == mod}
             means = [rows[n][key] for n in names]
             stds = [rows[n][f"{key}_std"] for n in names]
-            ax.bar(pos + (k - (len(modalities) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=mod,
-                   color=colors[mod])
+            ax.bar(
+                pos + (k - (len(modalities) - 1) / 2) * width,
+                means,
+                width,
+                yerr=stds,
+                capsize=3,
+                label=mod,
+                color=colors[mod],
+            )
         ax.set_xticks(pos, [_slug(n) for n in names])
         ax.set(title=title, xlabel="labels", ylabel=title.split(" (")[0].lower() if key != "train_fit_kl" else "KL")
         if key != "train_fit_kl":

@@ -40,14 +40,19 @@ def run_info(run: Path) -> dict[str, Any]:
     cfg = RunFolder(run).read_config()
     data = cfg.get("data", {})
     mods = data.get("modalities") or []
-    info = {"method": cfg.get("method", {}).get("name", "?"),
-            "data": data.get("name", "?") + (f":{'+'.join(mods)}" if mods else ""),
-            "seed": cfg.get("train", {}).get("seed", 0)}
+    info = {
+        "method": cfg.get("method", {}).get("name", "?"),
+        "data": data.get("name", "?") + (f":{'+'.join(mods)}" if mods else ""),
+        "seed": cfg.get("train", {}).get("seed", 0),
+    }
     cell = run / "cell.json"
     if cell.exists():
         c = json.loads(cell.read_text(encoding="utf-8"))
-        info.update(method=c.get("method_label", info["method"]), data=c.get("data_label", info["data"]),
-                    seed=c.get("seed", info["seed"]))
+        info.update(
+            method=c.get("method_label", info["method"]),
+            data=c.get("data_label", info["data"]),
+            seed=c.get("seed", info["seed"]),
+        )
     info["label"] = f"{info['method']} / {info['data']} / s{info['seed']}"
     return info
 
@@ -69,11 +74,22 @@ def _summary_table(page: Page, summary: dict[str, Any]) -> None:
     rows = []
     for name in ["fused", *mods]:
         t = summary["test"][name]
-        rows.append([name, _fmt(summary["val"][name]["acc"]), _fmt(t["acc"]), _fmt(t["map"]), _fmt(t["f1"]),
-                     _fmt(summary["test_last"][name]["acc"]), _fmt(summary.get("probe", {}).get(name))])
+        rows.append(
+            [
+                name,
+                _fmt(summary["val"][name]["acc"]),
+                _fmt(t["acc"]),
+                _fmt(t["map"]),
+                _fmt(t["f1"]),
+                _fmt(summary["test_last"][name]["acc"]),
+                _fmt(summary.get("probe", {}).get(name)),
+            ]
+        )
     page.table(["", "val acc", "test acc", "test MAP", "test F1", "test acc (last epoch)", "probe"], rows)
-    facts = [f"best val epoch {summary['best_epoch']} of {summary['epochs']}",
-             f"imbalance (test acc strongest / weakest) {_fmt(summary.get('imbalance_test'), 2)}"]
+    facts = [
+        f"best val epoch {summary['best_epoch']} of {summary['epochs']}",
+        f"imbalance (test acc strongest / weakest) {_fmt(summary.get('imbalance_test'), 2)}",
+    ]
     if summary.get("alpha_final") is not None:
         facts.append(f"final alpha {summary['alpha_final']:.3f}")
     for space, pairs in summary.get("gap", {}).items():
@@ -89,9 +105,20 @@ def _add_figure(page: Page, fig, path: Path, caption: str, made: dict[str, str])
     made[path.stem] = str(path)
 
 
-def run_sections(page: Page, run: Path, out: Path, *, checkpoint: str = "best", model: bool = True,
-                 replace: str = "zero", gradcam_samples: int = 2, threads: int | None = None,
-                 split: str = "test", heading_level: int = 2, title_prefix: str = "") -> dict[str, Any]:
+def run_sections(
+    page: Page,
+    run: Path,
+    out: Path,
+    *,
+    checkpoint: str = "best",
+    model: bool = True,
+    replace: str = "zero",
+    gradcam_samples: int = 2,
+    threads: int | None = None,
+    split: str = "test",
+    heading_level: int = 2,
+    title_prefix: str = "",
+) -> dict[str, Any]:
     """Append a run's sections to ``page``; figures go to ``out``. Returns what was made."""
     records = RunFolder(run).read_metrics()
     summary = RunFolder(run).read_summary()
@@ -113,30 +140,46 @@ def run_sections(page: Page, run: Path, out: Path, *, checkpoint: str = "best", 
         return made
 
     page.heading(f"{title_prefix}Learning curves", h)
-    _add_figure(page, plots.learning_curves(records, mods, best, label), out / "curves.png",
-                "Training loss terms per epoch (left); val and test accuracy, fused and per modality (right). "
-                "The dotted line marks the epoch of best validation fused accuracy (the reported one).", figs)
+    _add_figure(
+        page,
+        plots.learning_curves(records, mods, best, label),
+        out / "curves.png",
+        "Training loss terms per epoch (left); val and test accuracy, fused and per modality (right). "
+        "The dotted line marks the epoch of best validation fused accuracy (the reported one).",
+        figs,
+    )
 
     page.heading(f"{title_prefix}Alpha", h)
     alpha_csv = run / ALPHA_FILE
     cols = plots.read_alpha_csv(alpha_csv) if alpha_csv.exists() else None
     if cols and cols["alpha"]:
-        _add_figure(page, plots.alpha_curves([(label, cols)], title=f"alpha during training: {label}"),
-                    out / "alpha.png", "alpha (the weight on classification; 1 - alpha on matching) after every "
-                    "optimiser step, against training progress = epoch / #epochs (alpha.csv).", figs)
+        _add_figure(
+            page,
+            plots.alpha_curves([(label, cols)], title=f"alpha during training: {label}"),
+            out / "alpha.png",
+            "alpha (the weight on classification; 1 - alpha on matching) after every "
+            "optimiser step, against training progress = epoch / #epochs (alpha.csv).",
+            figs,
+        )
     else:
         page.paragraph(f"Method {info['method']} has no alpha (no alpha.csv).", note=True)
 
     page.heading(f"{title_prefix}Balance during training", h)
-    _add_figure(page, plots.balance_curves(records, mods, best, label), out / "balance.png",
-                "Per epoch: imbalance ratio (strongest over weakest per-modality val accuracy), each encoder's "
-                "gradient norm and the OGM-GE discrepancy ratio (means over the epoch's steps), and the modality "
-                "gap on val (train.diagnostics).", figs)
+    _add_figure(
+        page,
+        plots.balance_curves(records, mods, best, label),
+        out / "balance.png",
+        "Per epoch: imbalance ratio (strongest over weakest per-modality val accuracy), each encoder's "
+        "gradient norm and the OGM-GE discrepancy ratio (means over the epoch's steps), and the modality "
+        "gap on val (train.diagnostics).",
+        figs,
+    )
 
     if not model:
         return made
     try:
         from .checkpoint import load_trained
+
         trainer = load_trained(run, checkpoint, threads=threads)
     except (ModgapError, OSError) as exc:
         page.paragraph(f"Figures from the checkpoint skipped: {exc}", note=True)
@@ -155,39 +198,58 @@ def run_sections(page: Page, run: Path, out: Path, *, checkpoint: str = "best", 
                 continue
             features = {m: outputs.get(f"{space}/{m}") for m in mods}
             fig = plots.gap_picture(features, space, title=f"{label}: {split} split, {ckpt}")
-            _add_figure(page, fig, out / f"{stem}.png",
-                        f"Paired {space} of the {split} samples, L2-normalised, projected to 2-D by PCA; faint lines "
-                        "join the two modalities of one sample, crosses mark the centroids. The gap in the title is "
-                        "measured in the full space (the projection can only shorten it).", figs)
+            _add_figure(
+                page,
+                fig,
+                out / f"{stem}.png",
+                f"Paired {space} of the {split} samples, L2-normalised, projected to 2-D by PCA; faint lines "
+                "join the two modalities of one sample, crosses mark the centroids. The gap in the title is "
+                "measured in the full space (the projection can only shorten it).",
+                figs,
+            )
 
     page.heading(f"{title_prefix}Per-class accuracy", h)
     logits = {"fused": outputs.get("fused"), **{m: outputs.get(f"logits/{m}") for m in mods}}
-    _add_figure(page, plots.per_class_figure(logits, y, trainer.data.classes,
-                                             title=f"Per-class {split} accuracy: {label}, {ckpt}"),
-                out / "per_class.png", f"Accuracy on each class of the {split} split: the fused prediction and each "
-                "modality's own logits.", figs)
+    _add_figure(
+        page,
+        plots.per_class_figure(logits, y, trainer.data.classes, title=f"Per-class {split} accuracy: {label}, {ckpt}"),
+        out / "per_class.png",
+        f"Accuracy on each class of the {split} split: the fused prediction and each modality's own logits.",
+        figs,
+    )
 
     from .shapley import MAX_MODALITIES, modality_shapley, shapley_markdown
+
     if len(mods) <= MAX_MODALITIES:
         page.heading(f"{title_prefix}Modality contributions (Shapley)", h)
         result = modality_shapley(trainer, split, replace)
         atomic_write_text(out / "shapley.json", json.dumps(result, indent=1) + "\n")
-        _add_figure(page, plots.shapley_figure(result, title=f"Shapley contributions: {label} "
-                                               f"({replace}-replaced, {split} split, {ckpt})"),
-                    out / "shapley.png", "Exact Shapley value of each modality for the fused accuracy and the fused "
-                    "logit of the true class; a modality outside a coalition has its inputs replaced "
-                    f"({replace}). The contributions add up to v(all) - v(none).", figs)
+        _add_figure(
+            page,
+            plots.shapley_figure(
+                result, title=f"Shapley contributions: {label} ({replace}-replaced, {split} split, {ckpt})"
+            ),
+            out / "shapley.png",
+            "Exact Shapley value of each modality for the fused accuracy and the fused "
+            "logit of the true class; a modality outside a coalition has its inputs replaced "
+            f"({replace}). The contributions add up to v(all) - v(none).",
+            figs,
+        )
         page.markdown(shapley_markdown(result))
         made["shapley"] = result
 
     from .gradcam import resnet_modalities, run_gradcam
+
     resnets = resnet_modalities(trainer.model)
     if resnets and gradcam_samples > 0:
         page.heading(f"{title_prefix}Grad-CAM", h)
         records_cam = run_gradcam(trainer, out, samples=gradcam_samples, split=split)
         for r in records_cam:
-            page.image(r["path"], f"{r['modality']}, sample {r['id']}: true {r['label']}, predicted {r['predicted']}",
-                       alt=Path(r["path"]).stem)
+            page.image(
+                r["path"],
+                f"{r['modality']}, sample {r['id']}: true {r['label']}, predicted {r['predicted']}",
+                alt=Path(r["path"]).stem,
+            )
             figs[Path(r["path"]).stem] = r["path"]
     return made
 
@@ -219,18 +281,29 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
     if summaries:
         agg = aggregate(summaries)
         page.markdown(markdown(agg))
-        _add_figure(page, plots.bench_accuracy_figure(agg), out / "bench_accuracy.png",
-                    "Fused test accuracy at the epoch of best validation accuracy: mean over seeds, error bars one "
-                    "standard deviation.", figs)
-        _add_figure(page, plots.bench_modality_figure(agg), out / "bench_modalities.png",
-                    "Fused and per-modality test accuracy per method (mean ± std over seeds).", figs)
+        _add_figure(
+            page,
+            plots.bench_accuracy_figure(agg),
+            out / "bench_accuracy.png",
+            "Fused test accuracy at the epoch of best validation accuracy: mean over seeds, error bars one "
+            "standard deviation.",
+            figs,
+        )
+        _add_figure(
+            page,
+            plots.bench_modality_figure(agg),
+            out / "bench_modalities.png",
+            "Fused and per-modality test accuracy per method (mean ± std over seeds).",
+            figs,
+        )
     else:
         page.paragraph("No run has finished yet (no summary.json).", note=True)
     unfinished = [r.name for r in runs if not RunFolder(r).finished()]
     if unfinished:
         page.paragraph(f"Not finished: {', '.join(unfinished)}.", note=True)
 
-    alpha_runs, by_method = [], {}
+    alpha_runs = []
+    by_method: dict[str, dict[str, list[dict[str, list[float]]]]] = {}  # dataset -> method -> alpha.csv columns
     for r in runs:
         if (r / ALPHA_FILE).exists():
             cols = plots.read_alpha_csv(r / ALPHA_FILE)
@@ -239,34 +312,58 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
                 by_method.setdefault(infos[r]["data"], {}).setdefault(infos[r]["method"], []).append(cols)
     page.heading("Alpha")
     if alpha_runs:
-        _add_figure(page, plots.alpha_by_method(by_method), out / "bench_alpha_by_method.png",
-                    "alpha(t) of each method (learned, scheduled, constant), one panel per dataset: the mean over "
-                    "its seeds against training progress, the band from the lowest to the highest seed; the "
-                    "number of runs in brackets.", figs)
-        _add_figure(page, plots.alpha_curves(alpha_runs, title="alpha during training, every run"),
-                    out / "bench_alpha.png", "alpha against training progress (epoch / #epochs), one line per run "
-                    "(colour: method; line style: the run within its method).", figs)
+        _add_figure(
+            page,
+            plots.alpha_by_method(by_method),
+            out / "bench_alpha_by_method.png",
+            "alpha(t) of each method (learned, scheduled, constant), one panel per dataset: the mean over "
+            "its seeds against training progress, the band from the lowest to the highest seed; the "
+            "number of runs in brackets.",
+            figs,
+        )
+        _add_figure(
+            page,
+            plots.alpha_curves(alpha_runs, title="alpha during training, every run"),
+            out / "bench_alpha.png",
+            "alpha against training progress (epoch / #epochs), one line per run "
+            "(colour: method; line style: the run within its method).",
+            figs,
+        )
     else:
         page.paragraph("No run of this bench has an alpha.", note=True)
 
     page.heading("Curves of every run")
     curves = [(infos[r]["label"], RunFolder(r).read_metrics()) for r in runs]
-    _add_figure(page, plots.bench_curves([c for c in curves if c[1]]), out / "bench_curves.png",
-                "Per run: val fused accuracy, val imbalance ratio and val modality gap per epoch.", figs)
+    _add_figure(
+        page,
+        plots.bench_curves([c for c in curves if c[1]]),
+        out / "bench_curves.png",
+        "Per run: val fused accuracy, val imbalance ratio and val modality gap per epoch.",
+        figs,
+    )
 
     page.heading("Runs")
     rows = []
     for r in runs:
         s = RunFolder(r).read_summary()
-        rows.append([r.name, infos[r]["label"], s["best_epoch"] if s else "-", _fmt(s["test"]["fused"]["acc"]) if s else "-",
-                     _fmt(s.get("imbalance_test"), 2) if s else "-", "finished" if s else "running or stopped"])
+        rows.append(
+            [
+                r.name,
+                infos[r]["label"],
+                s["best_epoch"] if s else "-",
+                _fmt(s["test"]["fused"]["acc"]) if s else "-",
+                _fmt(s.get("imbalance_test"), 2) if s else "-",
+                "finished" if s else "running or stopped",
+            ]
+        )
     page.table(["run folder", "method / data / seed", "best epoch", "test acc", "imbalance", "state"], rows)
 
     if per_run:
         for r in runs:
             page.heading(f"Run {infos[r]['label']}")
-            made["runs"][r.name] = run_sections(page, r, out / "runs" / r.name, heading_level=3,
-                                                title_prefix=f"{infos[r]['label']}: ", **options)
+            made["runs"][r.name] = run_sections(
+                page, r, out / "runs" / r.name, heading_level=3, title_prefix=f"{infos[r]['label']}: ", **options
+            )
     atomic_write_text(out / "report.json", json.dumps(made, indent=1, default=str) + "\n")
     return page.write(out / "report.html")
 

@@ -39,8 +39,14 @@ def resnet_modalities(model) -> list[str]:
     return [m for m, enc in model.encoders.items() if isinstance(enc, ResNet)]
 
 
-def gradcam_maps(model, predict: Callable[[ModelOutput], torch.Tensor], inputs: dict[str, torch.Tensor],
-                 y: torch.Tensor, modality: str, stage: int | None = None) -> dict[str, np.ndarray]:
+def gradcam_maps(
+    model,
+    predict: Callable[[ModelOutput], torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    modality: str,
+    stage: int | None = None,
+) -> dict[str, np.ndarray]:
     """Grad-CAM of ``modality`` for the true class of the fused logits.
 
     Returns ``cam`` (B, T, H, W) in [0, 1] at the input resolution (T = 1 for images and
@@ -48,8 +54,10 @@ def gradcam_maps(model, predict: Callable[[ModelOutput], torch.Tensor], inputs: 
     normalisation, ``fused`` (B, C) the fused logits and ``score`` (B,) the true-class logit."""
     encoder = model.encoders[modality]
     if not isinstance(encoder, ResNet):
-        raise ConfigError(f"Grad-CAM needs a ResNet encoder; '{modality}' has {type(encoder).__name__}"
-                          f" (ResNet modalities here: {', '.join(resnet_modalities(model)) or 'none'})")
+        raise ConfigError(
+            f"Grad-CAM needs a ResNet encoder; '{modality}' has {type(encoder).__name__}"
+            f" (ResNet modalities here: {', '.join(resnet_modalities(model)) or 'none'})"
+        )
     stage = stage or encoder.num_stages
     if not 1 <= stage <= encoder.num_stages:
         raise ConfigError(f"stage must be between 1 and {encoder.num_stages}, got {stage}")
@@ -83,9 +91,12 @@ def gradcam_maps(model, predict: Callable[[ModelOutput], torch.Tensor], inputs: 
     peak = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
     cam = torch.where(peak > 1e-12, cam / peak, torch.zeros_like(cam)).clamp(0, 1)
     model.zero_grad(set_to_none=True)
-    return {"cam": cam.reshape(b, t, *size).cpu().numpy(),
-            "coarse": coarse.reshape(b, t, *coarse.shape[-2:]).cpu().numpy(),
-            "fused": fused.detach().float().cpu().numpy(), "score": score.detach().float().cpu().numpy()}
+    return {
+        "cam": cam.reshape(b, t, *size).cpu().numpy(),
+        "coarse": coarse.reshape(b, t, *coarse.shape[-2:]).cpu().numpy(),
+        "fused": fused.detach().float().cpu().numpy(),
+        "score": score.detach().float().cpu().numpy(),
+    }
 
 
 def display_images(x: torch.Tensor, encoder) -> np.ndarray:
@@ -120,8 +131,14 @@ def gradcam_figure(images: np.ndarray, cams: np.ndarray, title: str, spectrogram
             ax = axes[row, k]
             ax.imshow(img, **kw)
             if row == 1:
-                ax.imshow(cams[k], cmap="jet", alpha=0.45, vmin=0, vmax=1,
-                                     **({"origin": "lower", "aspect": "auto"} if spectrogram else {}))
+                ax.imshow(
+                    cams[k],
+                    cmap="jet",
+                    alpha=0.45,
+                    vmin=0,
+                    vmax=1,
+                    **({"origin": "lower", "aspect": "auto"} if spectrogram else {}),
+                )
             if spectrogram:
                 ax.set(xlabel="time frame", ylabel="frequency bin")
             else:
@@ -131,15 +148,26 @@ def gradcam_figure(images: np.ndarray, cams: np.ndarray, title: str, spectrogram
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes[1, :].tolist(), shrink=0.9,
-                 label="Grad-CAM relevance (normalised)")
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), "jet"),
+        ax=axes[1, :].tolist(),
+        shrink=0.9,
+        label="Grad-CAM relevance (normalised)",
+    )
     fig.suptitle(title, fontsize=10)
     fig.modgap_data = {"cam": cams, "frames": t}
     return fig
 
 
-def run_gradcam(trainer, out: str | Path, samples: int = 4, split: str = "test", modalities: Sequence[str] | None = None,
-                stage: int | None = None, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def run_gradcam(
+    trainer,
+    out: str | Path,
+    samples: int = 4,
+    split: str = "test",
+    modalities: Sequence[str] | None = None,
+    stage: int | None = None,
+    rows: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
     """Grad-CAM PNGs (and their JSON) of the first ``samples`` samples of ``split`` for each ResNet
     modality of a loaded run (load_trained); returns one record per PNG."""
     model = trainer.model
@@ -168,15 +196,36 @@ def run_gradcam(trainer, out: str | Path, samples: int = 4, split: str = "test",
             pred = int(result["fused"][i].argmax())
             sid = trainer.data.ids[row]
             layer = stage or model.encoders[m].num_stages
-            title = (f"{m}: sample {sid}, true {classes[y]}, fused prediction {classes[pred]}\n"
-                     f"Grad-CAM of layer{layer} for the true class's fused logit ({result['score'][i]:.2f})")
+            title = (
+                f"{m}: sample {sid}, true {classes[y]}, fused prediction {classes[pred]}\n"
+                f"Grad-CAM of layer{layer} for the true class's fused logit ({result['score'][i]:.2f})"
+            )
             h, w = result["coarse"][i].shape[-2:]
             if h * w == 1:
-                title += f"\nlayer{layer} maps are 1x1 at this input size: the map is flat (try --stage {max(layer - 1, 1)})"
+                title += (
+                    f"\nlayer{layer} maps are 1x1 at this input size: the map is flat (try --stage {max(layer - 1, 1)})"
+                )
             fig = gradcam_figure(images[i], result["cam"][i], title, spectrogram)
-            fig.modgap_data.update({"modality": m, "id": sid, "row": row, "label": y, "predicted": pred,
-                                    "coarse": result["coarse"][i], "score": float(result["score"][i])})
+            fig.modgap_data.update(
+                {
+                    "modality": m,
+                    "id": sid,
+                    "row": row,
+                    "label": y,
+                    "predicted": pred,
+                    "coarse": result["coarse"][i],
+                    "score": float(result["score"][i]),
+                }
+            )
             path = save_figure(fig, out / f"gradcam_{m}_{i:02d}.png")
-            records.append({"path": str(path), "modality": m, "id": sid, "label": classes[y],
-                            "predicted": classes[pred], "cam_shape": list(result["cam"][i].shape)})
+            records.append(
+                {
+                    "path": str(path),
+                    "modality": m,
+                    "id": sid,
+                    "label": classes[y],
+                    "predicted": classes[pred],
+                    "cam_shape": list(result["cam"][i].shape),
+                }
+            )
     return records

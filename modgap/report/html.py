@@ -52,7 +52,7 @@ NUMERIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)( ± [-+]?\d+\.?\d*)?|-|")
 def _td(text: str, cell) -> str:
     """Numbers right-aligned (the stylesheet's default), text left-aligned."""
     plain = re.sub(r"\*\*|</?u>", "", text).strip()
-    left = "" if NUMERIC.fullmatch(plain) else " class=\"text\""
+    left = "" if NUMERIC.fullmatch(plain) else ' class="text"'
     return f"<td{left}>{cell(text)}</td>"
 
 
@@ -87,7 +87,7 @@ def markdown_to_html(text: str) -> str:
             level = min(len(match.group(1)) + 1, 6)
             parts.append(f"<h{level}>{_inline(match.group(2))}</h{level}>")
         else:
-            parts.append(f"<p class=\"note\">{_inline(stripped)}</p>")
+            parts.append(f'<p class="note">{_inline(stripped)}</p>')
     flush()
     return "\n".join(parts)
 
@@ -104,17 +104,19 @@ class Page:
         anchor = f"s{len(self.sections) + 1}"
         if level == 2:
             self.sections.append((anchor, text))
-        self.blocks.append(f"<h{level} id=\"{anchor}\">{html.escape(text)}</h{level}>")
+        self.blocks.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
         return anchor
 
     def paragraph(self, text: str, note: bool = False) -> None:
-        cls = " class=\"note\"" if note else ""
+        cls = ' class="note"' if note else ""
         self.blocks.append(f"<p{cls}>{html.escape(text)}</p>")
 
     def image(self, png: bytes | str | Path, caption: str = "", alt: str = "") -> None:
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.blocks.append(f"<figure><img alt=\"{html.escape(alt or caption or 'figure', quote=True)}\" "
-                           f"src=\"{data_uri(png)}\">{cap}</figure>")
+        self.blocks.append(
+            f'<figure><img alt="{html.escape(alt or caption or "figure", quote=True)}" '
+            f'src="{data_uri(png)}">{cap}</figure>'
+        )
 
     def table(self, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> None:
         self.blocks.append(table_html(header, rows))
@@ -125,13 +127,15 @@ class Page:
     def render(self) -> str:
         toc = ""
         if len(self.sections) > 2:
-            items = "".join(f"<li><a href=\"#{a}\">{html.escape(t)}</a></li>" for a, t in self.sections)
+            items = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in self.sections)
             toc = f"<nav><ul>{items}</ul></nav>"
         body = "\n".join(self.blocks)
-        return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-                f"<title>{html.escape(self.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-                f"<h1>{html.escape(self.title)}</h1>\n{toc}\n{body}\n</body>\n</html>\n")
+        return (
+            f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{html.escape(self.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{html.escape(self.title)}</h1>\n{toc}\n{body}\n</body>\n</html>\n"
+        )
 
     def write(self, path: str | Path) -> Path:
         from ..runs import atomic_write_text

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,7 @@ from ..train.metrics import modality_gap
 
 DPI = 100
 NAN = float("nan")
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-          "#bcbd22", "#17becf")
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 FUSED_COLOR = "#000000"
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -55,8 +54,7 @@ def dig(record: dict[str, Any], path: str) -> Any:
 def series(records: Sequence[dict[str, Any]], path: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of one recorded series; a missing or None value becomes NaN."""
     x = [float(r["epoch"]) for r in records]
-    y = [NAN if not isinstance(v := dig(r, path), (int, float)) or isinstance(v, bool) else float(v)
-         for r in records]
+    y = [NAN if not isinstance(v := dig(r, path), (int, float)) or isinstance(v, bool) else float(v) for r in records]
     return x, y
 
 
@@ -72,8 +70,14 @@ def modality_colors(names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+class DataFigure(Figure):
+    """A Figure that carries ``modgap_data``, the numbers behind it (declared here for the type checker)."""
+
+    modgap_data: dict[str, Any]
+
+
+def new_figure(width: float, height: float) -> DataFigure:
+    fig = DataFigure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # rendered by Agg; pyplot and the global backend are left alone
     fig.modgap_data = {}
     return fig
@@ -117,18 +121,37 @@ def describe(fig: Figure) -> dict[str, Any]:
     for ax in fig.axes:
         if not ax.get_visible() or ax.get_label() == "<colorbar>":
             continue
-        lines = [{"label": line.get_label(), "gid": line.get_gid(),
-                  "x": np.asarray(line.get_xdata(), dtype=float), "y": np.asarray(line.get_ydata(), dtype=float)}
-                 for line in ax.get_lines()]
+        lines = [
+            {
+                "label": line.get_label(),
+                "gid": line.get_gid(),
+                "x": np.asarray(line.get_xdata(), dtype=float),
+                "y": np.asarray(line.get_ydata(), dtype=float),
+            }
+            for line in ax.get_lines()
+        ]
         bars = []
         for c in ax.containers:
             if isinstance(c, BarContainer):
-                bars.append({"label": c.get_label(), "x": [p.get_x() + p.get_width() / 2 for p in c.patches],
-                             "height": [p.get_height() for p in c.patches]})
-        axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
-                     "xticklabels": [t.get_text() for t in ax.get_xticklabels()] if bars else [],
-                     "lines": lines, "bars": bars})
-    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+                bars.append(
+                    {
+                        "label": c.get_label(),
+                        "x": [p.get_x() + p.get_width() / 2 for p in c.patches],
+                        "height": [p.get_height() for p in c.patches],
+                    }
+                )
+        axes.append(
+            {
+                "title": ax.get_title(),
+                "xlabel": ax.get_xlabel(),
+                "ylabel": ax.get_ylabel(),
+                "xticklabels": [t.get_text() for t in ax.get_xticklabels()] if bars else [],
+                "lines": lines,
+                "bars": bars,
+            }
+        )
+    suptitle = fig._suptitle  # type: ignore[attr-defined]  # private; Figure.get_suptitle needs matplotlib 3.8
+    title = suptitle.get_text() if suptitle is not None else ""
     return _jsonable({"title": title, "axes": axes, "data": getattr(fig, "modgap_data", {})})
 
 
@@ -190,8 +213,9 @@ def _legend(ax, outside: bool = False, **kw) -> None:
 
 
 # ---------------------------------------------------------------------------------- one run
-def learning_curves(records: Sequence[dict[str, Any]], modalities: Sequence[str], best_epoch: int | None = None,
-                    title: str = "") -> Figure:
+def learning_curves(
+    records: Sequence[dict[str, Any]], modalities: Sequence[str], best_epoch: int | None = None, title: str = ""
+) -> Figure:
     """Left: the train loss terms per epoch. Right: val (dashed) and test (solid) accuracy, fused and
     per modality."""
     fig = new_figure(11, 4.2)
@@ -211,8 +235,16 @@ def learning_curves(records: Sequence[dict[str, Any]], modalities: Sequence[str]
     for split, style in (("test", "-"), ("val", "--")):
         for name in names:
             x, y = series(records, f"{split}/{name}/acc")
-            plot_series(ax_acc, x, y, f"{split} {name}", f"{split}/{name}/acc", color=colors[name], ls=style,
-                        lw=2.2 if name == "fused" else 1.5)
+            plot_series(
+                ax_acc,
+                x,
+                y,
+                f"{split} {name}",
+                f"{split}/{name}/acc",
+                color=colors[name],
+                ls=style,
+                lw=2.2 if name == "fused" else 1.5,
+            )
     _mark_best(ax_acc, best_epoch)
     ax_acc.set(title="Accuracy (test solid, val dashed)", xlabel="epoch", ylabel="accuracy")
     epoch_axis(ax_acc)
@@ -246,10 +278,21 @@ def alpha_curves(runs: Sequence[tuple[str, dict[str, list[float]]]], title: str 
     ax = fig.subplots()
     styles = run_styles([label for label, _ in runs])
     for label, cols in runs:
-        plot_series(ax, cols["progress"], cols["alpha"], label, f"{label}::alpha.csv" if len(runs) > 1 else "alpha.csv",
-                    lw=1.5, **styles[label])
-    ax.set(xlabel="training progress (epoch / #epochs)", ylabel="alpha (weight on classification)",
-           title=title or "alpha during training", xlim=(0, 1))
+        plot_series(
+            ax,
+            cols["progress"],
+            cols["alpha"],
+            label,
+            f"{label}::alpha.csv" if len(runs) > 1 else "alpha.csv",
+            lw=1.5,
+            **styles[label],
+        )
+    ax.set(
+        xlabel="training progress (epoch / #epochs)",
+        ylabel="alpha (weight on classification)",
+        title=title or "alpha during training",
+        xlim=(0, 1),
+    )
     lo = min((min(c["alpha"]) for _, c in runs if c["alpha"]), default=0.0)
     ax.set_ylim(min(0.0, lo - 0.02), 1.02)
     ax.grid(alpha=0.3)
@@ -258,20 +301,22 @@ def alpha_curves(runs: Sequence[tuple[str, dict[str, list[float]]]], title: str 
     return fig
 
 
-def alpha_by_method(groups: dict[str, dict[str, Sequence[dict[str, list[float]]]]], points: int = 200) -> Figure:
+def alpha_by_method(groups: Mapping[str, Mapping[str, Sequence[dict[str, list[float]]]]], points: int = 200) -> Figure:
     """alpha(t) of each method next to the others, one panel per dataset: the mean over its runs
     (seeds) on a common grid of training progress, with the band from the lowest to the highest run.
     ``groups``: dataset -> method label -> the alpha.csv columns of its runs. Lines' gids are
     "<dataset>::<method>"; fig.modgap_data has the grid and, per line, mean, low, high and #runs."""
     datasets = sorted(groups)
     methods = sorted({m for d in datasets for m in groups[d]})
-    style = {m: {"color": COLORS[k % len(COLORS)], "ls": LINESTYLES[(k // len(COLORS)) % len(LINESTYLES)]}
-             for k, m in enumerate(methods)}  # one style per method in every panel
+    style = {
+        m: {"color": COLORS[k % len(COLORS)], "ls": LINESTYLES[(k // len(COLORS)) % len(LINESTYLES)]}
+        for k, m in enumerate(methods)
+    }  # one style per method in every panel
     fig = new_figure(6.0 * max(len(datasets), 1), 4.2 + 0.22 * len(methods))
     axes = np.atleast_1d(fig.subplots(1, max(len(datasets), 1)))
     grid = np.linspace(0.0, 1.0, points)
     data: dict[str, Any] = {"progress": grid, "lines": {}}
-    for ax, dataset in zip(axes, datasets):
+    for ax, dataset in zip(axes, datasets, strict=False):  # one blank axis when there is no dataset
         for method in sorted(groups[dataset]):
             runs = [c for c in groups[dataset][method] if c["alpha"]]
             if not runs:
@@ -282,19 +327,31 @@ def alpha_by_method(groups: dict[str, dict[str, Sequence[dict[str, list[float]]]
             if len(runs) > 1:
                 ax.fill_between(grid, lo, hi, color=style[method]["color"], alpha=0.12, lw=0)
             data["lines"][f"{dataset}::{method}"] = {"mean": mean, "low": lo, "high": hi, "runs": len(runs)}
-        ax.set(xlabel="training progress (epoch / #epochs)", ylabel="alpha (weight on classification)",
-               title=f"alpha by method: {dataset}", xlim=(0, 1), ylim=(0, 1.02))
+        ax.set(
+            xlabel="training progress (epoch / #epochs)",
+            ylabel="alpha (weight on classification)",
+            title=f"alpha by method: {dataset}",
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+        )
         ax.grid(alpha=0.3)
     handles = {h.get_label().rsplit(" (", 1)[0]: h for ax in axes for h in ax.get_lines()}
     if handles:  # one legend for all panels, below them (the run counts are in each line's label)
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=1 if len(datasets) < 2 else 2,
-                   fontsize=8, frameon=False)
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside lower center",
+            ncols=1 if len(datasets) < 2 else 2,
+            fontsize=8,
+            frameon=False,
+        )
     fig.modgap_data = data
     return fig
 
 
-def balance_curves(records: Sequence[dict[str, Any]], modalities: Sequence[str], best_epoch: int | None = None,
-                   title: str = "") -> Figure:
+def balance_curves(
+    records: Sequence[dict[str, Any]], modalities: Sequence[str], best_epoch: int | None = None, title: str = ""
+) -> Figure:
     """Imbalance ratio (val), per-encoder gradient norm, OGM-GE discrepancy ratio and the val
     modality gap, per epoch (train.diagnostics)."""
     fig = new_figure(11, 7.5)
@@ -359,13 +416,14 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     comps = vt[:2]
     if comps.shape[0] < 2:
         comps = np.vstack([comps, np.zeros_like(comps)])
-    var = s ** 2
+    var = s**2
     ratio = var[:2] / max(var.sum(), 1e-30)
     return centred @ comps.T, np.pad(ratio, (0, 2 - len(ratio)))
 
 
-def gap_picture(features: dict[str, np.ndarray], space: str = "logits", max_points: int = 600,
-                title: str = "", seed: int = 0) -> Figure:
+def gap_picture(
+    features: dict[str, np.ndarray], space: str = "logits", max_points: int = 600, title: str = "", seed: int = 0
+) -> Figure:
     """Paired features of each pair of modalities, L2-normalised and projected to 2-D by a PCA fitted
     on both modalities together; faint lines join the two features of each sample, crosses mark the
     centroids. The title gives the centroid gap (distance between the centroids of the normalised
@@ -379,33 +437,59 @@ def gap_picture(features: dict[str, np.ndarray], space: str = "logits", max_poin
     colors = modality_colors(names)
     gap = modality_gap(features)
     data: dict[str, Any] = {"space": space, "pairs": {}}
-    for ax, (m, n) in zip(axes, pairs):
+    for ax, (m, n) in zip(axes, pairs, strict=False):  # the grid may have more axes than pairs
         a = features[m] / np.maximum(np.linalg.norm(features[m], axis=1, keepdims=True), 1e-12)
         b = features[n] / np.maximum(np.linalg.norm(features[n], axis=1, keepdims=True), 1e-12)
         coords, ratio = _pca2(np.concatenate([a, b]).astype(np.float64))
-        ca, cb = coords[: len(a)], coords[len(a):]
+        ca, cb = coords[: len(a)], coords[len(a) :]
         shown = np.arange(len(a))
         if len(a) > max_points:
             shown = np.sort(np.random.default_rng(seed).choice(len(a), max_points, replace=False))
         links = np.stack([ca[shown], cb[shown]], axis=1)
-        ax.add_collection(LineCollection(links, colors="#777777", linewidths=0.5, alpha=0.15, zorder=1))
+        # an (n, 2, 2) array is a sequence of segments; the stubs ask for a Sequence
+        joins = LineCollection(links, colors="#777777", linewidths=0.5, alpha=0.15, zorder=1)  # type: ignore[arg-type]
+        ax.add_collection(joins)
         ax.scatter(ca[shown, 0], ca[shown, 1], s=9, color=colors[m], alpha=0.7, label=f"{m} (n={len(a)})", zorder=2)
         ax.scatter(cb[shown, 0], cb[shown, 1], s=9, color=colors[n], alpha=0.7, label=f"{n} (n={len(b)})", zorder=2)
         centroids = np.stack([ca.mean(0), cb.mean(0)])
-        ax.scatter(centroids[:, 0], centroids[:, 1], s=140, marker="X", c=[colors[m], colors[n]],
-                   edgecolors="white", linewidths=1.2, zorder=4, label="centroids")
-        plot_series(ax, centroids[:, 0], centroids[:, 1], "centroid gap (projected)", f"centroid/{m}-{n}",
-                    color="#333333", lw=1.5, zorder=3)
+        ax.scatter(
+            centroids[:, 0],
+            centroids[:, 1],
+            s=140,
+            marker="X",
+            c=[colors[m], colors[n]],
+            edgecolors="white",
+            linewidths=1.2,
+            zorder=4,
+            label="centroids",
+        )
+        plot_series(
+            ax,
+            centroids[:, 0],
+            centroids[:, 1],
+            "centroid gap (projected)",
+            f"centroid/{m}-{n}",
+            color="#333333",
+            lw=1.5,
+            zorder=3,
+        )
         g = gap[f"{m}-{n}"]
-        ax.set_title(f"{m} vs {n} ({space}): centroid gap {g['centroid']:.3f}\n"
-                     f"mean paired distance {g['paired']:.3f}", fontsize=10)
+        ax.set_title(
+            f"{m} vs {n} ({space}): centroid gap {g['centroid']:.3f}\nmean paired distance {g['paired']:.3f}",
+            fontsize=10,
+        )
         ax.set(xlabel=f"PC 1 ({100 * ratio[0]:.0f}% of variance)", ylabel=f"PC 2 ({100 * ratio[1]:.0f}% of variance)")
         ax.set_aspect("equal", adjustable="datalim")
         ax.grid(alpha=0.2)
         ax.legend(fontsize=8, loc="best", markerscale=0.8)
-        data["pairs"][f"{m}-{n}"] = {"centroid": g["centroid"], "paired": g["paired"], "explained": ratio,
-                                     "coords": {m: ca, n: cb}, "shown": shown}
-    for ax in axes[len(pairs):]:
+        data["pairs"][f"{m}-{n}"] = {
+            "centroid": g["centroid"],
+            "paired": g["paired"],
+            "explained": ratio,
+            "coords": {m: ca, n: cb},
+            "shown": shown,
+        }
+    for ax in axes[len(pairs) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
@@ -424,8 +508,9 @@ def per_class_accuracy(logits: dict[str, np.ndarray], y: np.ndarray) -> tuple[np
     return support, out
 
 
-def per_class_figure(logits: dict[str, np.ndarray], y: np.ndarray, class_names: Sequence[str], max_classes: int = 40,
-                     title: str = "") -> Figure:
+def per_class_figure(
+    logits: dict[str, np.ndarray], y: np.ndarray, class_names: Sequence[str], max_classes: int = 40, title: str = ""
+) -> Figure:
     """Grouped bars: per class, the accuracy of the fused prediction and of each modality's own
     logits. With more than ``max_classes`` classes, the ones where the modalities differ most."""
     support, acc = per_class_accuracy(logits, y)
@@ -444,16 +529,26 @@ def per_class_figure(logits: dict[str, np.ndarray], y: np.ndarray, class_names: 
     colors = modality_colors(names)
     pos = np.arange(len(classes))
     for k, name in enumerate(names):
-        ax.bar(pos + (k - (len(names) - 1) / 2) * width, acc[name][classes], width, label=name, color=colors[name],
-               alpha=0.9 if name == "fused" else 0.8)
-    labels = [str(class_names[c]) if c < len(class_names) else str(c) for c in classes]
-    ax.set_xticks(pos, labels, rotation=45 if max(map(len, labels)) > 3 or len(labels) > 12 else 0,
-                  ha="right" if max(map(len, labels)) > 3 or len(labels) > 12 else "center", fontsize=8)
+        ax.bar(
+            pos + (k - (len(names) - 1) / 2) * width,
+            acc[name][classes],
+            width,
+            label=name,
+            color=colors[name],
+            alpha=0.9 if name == "fused" else 0.8,
+        )
+    labels = [str(class_names[int(c)]) if c < len(class_names) else str(c) for c in classes]
+    ax.set_xticks(
+        pos,
+        labels,
+        rotation=45 if max(map(len, labels)) > 3 or len(labels) > 12 else 0,
+        ha="right" if max(map(len, labels)) > 3 or len(labels) > 12 else "center",
+        fontsize=8,
+    )
     ax.set(xlabel="class", ylabel="accuracy", ylim=(0, 1.05), title=(title or "Per-class accuracy") + note)
     ax.grid(axis="y", alpha=0.3)
     _legend(ax, outside=True)
-    fig.modgap_data = {"classes": [str(c) for c in class_names], "shown": classes, "support": support,
-                       "accuracy": acc}
+    fig.modgap_data = {"classes": [str(c) for c in class_names], "shown": classes, "support": support, "accuracy": acc}
     return fig
 
 
@@ -464,14 +559,19 @@ def shapley_figure(result: dict[str, Any], title: str = "") -> Figure:
     fig = new_figure(max(8.0, 1.2 * len(mods) + 5), 4.0)
     axes = fig.subplots(1, 2)
     colors = modality_colors(mods)
-    for ax, key, ylabel in ((axes[0], "acc", "contribution to fused accuracy"),
-                            (axes[1], "true_logit", "contribution to true-class fused logit")):
+    for ax, key, ylabel in (
+        (axes[0], "acc", "contribution to fused accuracy"),
+        (axes[1], "true_logit", "contribution to true-class fused logit"),
+    ):
         values = [result["shapley"][key][m] for m in mods]
         ax.bar(mods, values, color=[colors[m] for m in mods], label=key)
         ax.axhline(0, color="#333333", lw=0.8).set_gid("reference")
         full, empty = result["full"][key], result["empty"][key]
-        ax.set(xlabel="modality", ylabel=ylabel,
-               title=f"v(all) = {full:.3f}, v(none) = {empty:.3f}\nsum of contributions = {full - empty:.3f}")
+        ax.set(
+            xlabel="modality",
+            ylabel=ylabel,
+            title=f"v(all) = {full:.3f}, v(none) = {empty:.3f}\nsum of contributions = {full - empty:.3f}",
+        )
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title or f"Shapley contributions ({result['replace']}-replaced modalities, {result['split']} split)")
     fig.modgap_data = {"shapley": result["shapley"], "full": result["full"], "empty": result["empty"]}
@@ -494,15 +594,37 @@ def bench_accuracy_figure(agg: dict[str, dict[str, dict[str, Any]]]) -> Figure:
     for k, method in enumerate(methods):
         means = [agg[d][method]["acc"][0] if method in agg[d] else NAN for d in datasets]
         stds = [agg[d][method]["acc"][1] if method in agg[d] else NAN for d in datasets]
-        bars = ax.bar(pos + (k - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=method,
-                      color=COLORS[k % len(COLORS)], error_kw={"elinewidth": 1})
+        bars = ax.bar(
+            pos + (k - (len(methods) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            label=method,
+            color=COLORS[k % len(COLORS)],
+            error_kw={"elinewidth": 1},
+        )
         if len(datasets) * len(methods) <= 24:
-            ax.bar_label(bars, labels=[f"{100 * m:.1f}" if math.isfinite(m) else "" for m in means],
-                         fontsize=8, label_type="center", color="white", fontweight="bold")
-        data[method] = {"mean": means, "std": stds, "n": [agg[d][method]["n"] if method in agg[d] else 0 for d in datasets]}
+            ax.bar_label(
+                bars,
+                labels=[f"{100 * m:.1f}" if math.isfinite(m) else "" for m in means],
+                fontsize=8,
+                label_type="center",
+                color="white",
+                fontweight="bold",
+            )
+        data[method] = {
+            "mean": means,
+            "std": stds,
+            "n": [agg[d][method]["n"] if method in agg[d] else 0 for d in datasets],
+        }
     ax.set_xticks(pos, datasets, rotation=0 if len(datasets) < 4 else 20)
-    ax.set(xlabel="dataset", ylabel="fused test accuracy", ylim=(0, 1.08),
-           title="Fused test accuracy (mean ± std over seeds, %)")
+    ax.set(
+        xlabel="dataset",
+        ylabel="fused test accuracy",
+        ylim=(0, 1.08),
+        title="Fused test accuracy (mean ± std over seeds, %)",
+    )
     ax.grid(axis="y", alpha=0.3)
     _legend(ax, outside=True, title="method")
     fig.modgap_data = {"datasets": datasets, "methods": data}
@@ -515,7 +637,7 @@ def bench_modality_figure(agg: dict[str, dict[str, dict[str, Any]]]) -> Figure:
     fig = new_figure(max(6.5, 3.2 + 1.6 * max(len(m) for m in agg.values())), 4.3 * len(datasets))
     axes = np.atleast_1d(fig.subplots(len(datasets), 1)).ravel()
     data: dict[str, Any] = {}
-    for ax, d in zip(axes, datasets):
+    for ax, d in zip(axes, datasets, strict=True):
         methods = list(agg[d])
         modalities = list(next(iter(agg[d].values()))["modalities"])
         names = ["fused", *modalities]
@@ -526,11 +648,21 @@ def bench_modality_figure(agg: dict[str, dict[str, dict[str, Any]]]) -> Figure:
         for k, name in enumerate(names):
             means = [agg[d][m]["acc"][0] if name == "fused" else agg[d][m]["modalities"][name][0] for m in methods]
             stds = [agg[d][m]["acc"][1] if name == "fused" else agg[d][m]["modalities"][name][1] for m in methods]
-            ax.bar(pos + (k - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name,
-                   color=colors[name], error_kw={"elinewidth": 1})
+            ax.bar(
+                pos + (k - (len(names) - 1) / 2) * width,
+                means,
+                width,
+                yerr=stds,
+                capsize=3,
+                label=name,
+                color=colors[name],
+                error_kw={"elinewidth": 1},
+            )
             data[d][name] = {"methods": methods, "mean": means, "std": stds}
         ax.set_xticks(pos, methods, rotation=0 if len(methods) < 5 else 20)
-        ax.set(xlabel="method", ylabel="test accuracy", ylim=(0, 1.05), title=f"{d}: fused and per-modality test accuracy")
+        ax.set(
+            xlabel="method", ylabel="test accuracy", ylim=(0, 1.05), title=f"{d}: fused and per-modality test accuracy"
+        )
         ax.grid(axis="y", alpha=0.3)
         _legend(ax, outside=True)
     fig.modgap_data = data
@@ -549,13 +681,13 @@ def bench_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Figure
             if pairs:
                 gap_path = f"diagnostics/gap_val/logits/{next(iter(pairs))}/centroid"
                 break
-        for ax, path in zip(axes, ("val/fused/acc", "imbalance_val", gap_path)):
+        for ax, path in zip(axes, ("val/fused/acc", "imbalance_val", gap_path), strict=True):
             if path is None:
                 continue
             x, y = series(records, path)
             plot_series(ax, x, y, label, f"{label}::{path}", lw=1.3, **styles[label])
     titles = ("Val fused accuracy", "Imbalance (val, strongest / weakest)", "Modality gap on val (logits, first pair)")
-    for ax, t, yl in zip(axes, titles, ("accuracy", "ratio", "centroid distance")):
+    for ax, t, yl in zip(axes, titles, ("accuracy", "ratio", "centroid distance"), strict=True):
         ax.set(title=t, xlabel="epoch", ylabel=yl)
         epoch_axis(ax)
         ax.grid(alpha=0.3)

@@ -41,12 +41,15 @@ def subsets(players: Sequence[str]) -> list[frozenset[str]]:
     return [frozenset(c) for k in range(len(players) + 1) for c in itertools.combinations(players, k)]
 
 
-def shapley_values(value: Mapping[frozenset[str], float] | Callable[[frozenset[str]], float],
-                   players: Sequence[str]) -> dict[str, float]:
+def shapley_values(
+    value: Mapping[frozenset[str], float] | Callable[[frozenset[str]], float], players: Sequence[str]
+) -> dict[str, float]:
     """Exact Shapley values of a cooperative game given v on every subset (a mapping or a function)."""
     players = list(players)
     if len(players) > MAX_MODALITIES:
-        raise ConfigError(f"exact Shapley values are computed for at most {MAX_MODALITIES} modalities, got {len(players)}")
+        raise ConfigError(
+            f"exact Shapley values are computed for at most {MAX_MODALITIES} modalities, got {len(players)}"
+        )
     v = value if callable(value) else value.__getitem__
     cache = {s: float(v(s)) for s in subsets(players)}
     n = len(players)
@@ -87,9 +90,13 @@ def _replaced(x: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def subset_scores(model, predict: Callable[[ModelOutput], torch.Tensor], batches: Iterable,
-                  modalities: Sequence[str], baselines: Mapping[str, torch.Tensor | None] | None = None
-                  ) -> dict[frozenset[str], dict[str, float]]:
+def subset_scores(
+    model,
+    predict: Callable[[ModelOutput], torch.Tensor],
+    batches: Iterable,
+    modalities: Sequence[str],
+    baselines: Mapping[str, torch.Tensor | None] | None = None,
+) -> dict[frozenset[str], dict[str, float]]:
     """For every subset S of modalities kept: fused accuracy and mean fused logit of the true class,
     the other modalities' inputs replaced by ``baselines[m]`` (None or missing: zeros)."""
     baselines = baselines or {}
@@ -115,14 +122,14 @@ def subset_scores(model, predict: Callable[[ModelOutput], torch.Tensor], batches
 
 def contributions(scores: Mapping[frozenset[str], Mapping[str, float]], modalities: Sequence[str]) -> dict[str, Any]:
     mods = list(modalities)
-    full, empty = frozenset(mods), frozenset()
+    full = frozenset(mods)
+    empty: frozenset[str] = frozenset()
     return {
         "modalities": mods,
         "shapley": {k: shapley_values({s: v[k] for s, v in scores.items()}, mods) for k in SCORES},
         "full": {k: scores[full][k] for k in SCORES},
         "empty": {k: scores[empty][k] for k in SCORES},
-        "subsets": [{"kept": [m for m in mods if m in s], **{k: scores[s][k] for k in SCORES}}
-                    for s in subsets(mods)],
+        "subsets": [{"kept": [m for m in mods if m in s], **{k: scores[s][k] for k in SCORES}} for s in subsets(mods)],
     }
 
 
@@ -130,6 +137,7 @@ def modality_shapley(trainer, split: str = "test", replace: str = "zero") -> dic
     """Shapley contributions of each modality of a loaded run (modgap.report.checkpoint.load_trained)."""
     if replace not in REPLACEMENTS:
         from ..errors import closest
+
         raise ConfigError(f"unknown replacement '{replace}'{closest(replace, REPLACEMENTS)} (zero or mean)")
     mods = list(trainer.data.modalities)
     if len(mods) > MAX_MODALITIES:
@@ -150,15 +158,25 @@ def modality_shapley(trainer, split: str = "test", replace: str = "zero") -> dic
 
 
 def shapley_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [{"modality": m, "shapley_acc": result["shapley"]["acc"][m],
-             "shapley_true_logit": result["shapley"]["true_logit"][m]} for m in result["modalities"]]
+    rows = [
+        {
+            "modality": m,
+            "shapley_acc": result["shapley"]["acc"][m],
+            "shapley_true_logit": result["shapley"]["true_logit"][m],
+        }
+        for m in result["modalities"]
+    ]
     return rows
 
 
 def shapley_markdown(result: dict[str, Any]) -> str:
-    lines = [f"Shapley contributions ({result['replace']}-replaced modalities, {result['split']} split, "
-             f"n = {result.get('n', '?')})", "",
-             "| modality | to fused accuracy | to true-class fused logit |", "|---|---|---|"]
+    lines = [
+        f"Shapley contributions ({result['replace']}-replaced modalities, {result['split']} split, "
+        f"n = {result.get('n', '?')})",
+        "",
+        "| modality | to fused accuracy | to true-class fused logit |",
+        "|---|---|---|",
+    ]
     for r in shapley_rows(result):
         lines.append(f"| {r['modality']} | {r['shapley_acc']:+.4f} | {r['shapley_true_logit']:+.4f} |")
     f, e = result["full"], result["empty"]

@@ -27,6 +27,7 @@ def read_summaries(root: Path) -> list[dict[str, Any]]:
     runs = []
     for path in sorted(root.glob(f"*/{SUMMARY_FILE}")):
         summary = RunFolder(path.parent).read_summary()
+        assert summary is not None  # the glob found its summary.json
         cell = json.loads((path.parent / "cell.json").read_text()) if (path.parent / "cell.json").exists() else {}
         summary["cell"] = path.parent.name
         summary["label"] = cell.get("method_label", summary["method"])
@@ -38,10 +39,17 @@ def read_summaries(root: Path) -> list[dict[str, Any]]:
 def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in runs:
-        row = {"data": r["data_label"], "method": r["label"], "seed": r["seed"], "best_epoch": r["best_epoch"],
-               **{f"fused_{k}": r["test"]["fused"][k] for k in METRICS},
-               **{f"last_fused_{k}": r["test_last"]["fused"][k] for k in METRICS},
-               "imbalance": r.get("imbalance_test"), "alpha_final": r.get("alpha_final"), "wall_s": r["wall_s"]}
+        row = {
+            "data": r["data_label"],
+            "method": r["label"],
+            "seed": r["seed"],
+            "best_epoch": r["best_epoch"],
+            **{f"fused_{k}": r["test"]["fused"][k] for k in METRICS},
+            **{f"last_fused_{k}": r["test_last"]["fused"][k] for k in METRICS},
+            "imbalance": r.get("imbalance_test"),
+            "alpha_final": r.get("alpha_final"),
+            "wall_s": r["wall_s"],
+        }
         for m in r["modalities"]:
             row[f"{m}_acc"] = r["test"][m]["acc"]
             row[f"{m}_probe"] = r.get("probe", {}).get(m)
@@ -60,12 +68,12 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None]
-    if not values:
+def mean_std(values: list[float | None]) -> tuple[float, float]:
+    present = [v for v in values if v is not None]
+    if not present:
         return math.nan, math.nan
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    mean = sum(present) / len(present)
+    var = sum((v - mean) ** 2 for v in present) / (len(present) - 1) if len(present) > 1 else 0.0
     return mean, math.sqrt(var)
 
 
@@ -91,19 +99,22 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
 
 def best_unimodal(methods: dict[str, dict[str, Any]]) -> float | None:
     """The best single modality's accuracy among methods that train uni-modal models (unimodal, ume)."""
-    accs = [mean for name, row in methods.items() if trains_unimodal_models(name)
-            for mean, _ in row["modalities"].values()]
+    accs = [
+        mean for name, row in methods.items() if trains_unimodal_models(name) for mean, _ in row["modalities"].values()
+    ]
     return max(accs) if accs else None
 
 
 def ranks(methods: dict[str, dict[str, Any]], metric: str) -> dict[str, int]:
     """1 for the best mean, 2 for the second (ties share a rank)."""
     values = sorted({round(v[metric][0], 10) for v in methods.values() if not math.isnan(v[metric][0])}, reverse=True)
-    return {name: values.index(round(v[metric][0], 10)) + 1 for name, v in methods.items()
-            if not math.isnan(v[metric][0])}
+    return {
+        name: values.index(round(v[metric][0], 10)) + 1 for name, v in methods.items() if not math.isnan(v[metric][0])
+    }
 
 
-def _cell(mean: float, std: float, rank: int | None, latex: bool) -> str:
+def _cell(value: tuple[float, float], rank: int | None, latex: bool) -> str:
+    mean, std = value
     if math.isnan(mean):
         return "-"
     text = f"{100 * mean:.2f} ± {100 * std:.2f}" if not latex else f"{100 * mean:.2f} $\\pm$ {100 * std:.2f}"
@@ -120,15 +131,27 @@ def markdown(agg: dict[str, dict[str, dict[str, Any]]]) -> str:
         modalities = list(next(iter(methods.values()))["modalities"])
         r = {k: ranks(methods, k) for k in METRICS}
         floor = best_unimodal(methods)
-        head = ["method", "seeds", "ACC", "MAP", "F1", *[f"{m} acc" for m in modalities],
-                *[f"{m} probe" for m in modalities], "imbalance"]
+        head = [
+            "method",
+            "seeds",
+            "ACC",
+            "MAP",
+            "F1",
+            *[f"{m} acc" for m in modalities],
+            *[f"{m} probe" for m in modalities],
+            "imbalance",
+        ]
         lines = [f"### {data}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, v in methods.items():
             mark = " †" if floor is not None and not trains_unimodal_models(name) and v["acc"][0] < floor else ""
-            cells = [f"{name}{mark}", str(v["n"]), *[_cell(*v[k], r[k].get(name), False) for k in METRICS],
-                     *[_cell(*v["modalities"][m], None, False) for m in modalities],
-                     *[_cell(*v["probe"][m], None, False) for m in modalities],
-                     f"{v['imbalance'][0]:.2f}" if not math.isnan(v["imbalance"][0]) else "-"]
+            cells = [
+                f"{name}{mark}",
+                str(v["n"]),
+                *[_cell(v[k], r[k].get(name), False) for k in METRICS],
+                *[_cell(v["modalities"][m], None, False) for m in modalities],
+                *[_cell(v["probe"][m], None, False) for m in modalities],
+                f"{v['imbalance'][0]:.2f}" if not math.isnan(v["imbalance"][0]) else "-",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         note = "Test metrics (%) at the epoch of best validation fused accuracy, mean ± std over seeds. "
@@ -145,11 +168,20 @@ def latex(agg: dict[str, dict[str, dict[str, Any]]]) -> str:
     for data, methods in agg.items():
         r = {k: ranks(methods, k) for k in METRICS}
         floor = best_unimodal(methods)
-        lines = ["\\begin{tabular}{lccc}", "\\toprule", f"\\multicolumn{{4}}{{c}}{{{_tex(data)}}} \\\\",
-                 "Method & ACC & MAP & F1 \\\\", "\\midrule"]
+        lines = [
+            "\\begin{tabular}{lccc}",
+            "\\toprule",
+            f"\\multicolumn{{4}}{{c}}{{{_tex(data)}}} \\\\",
+            "Method & ACC & MAP & F1 \\\\",
+            "\\midrule",
+        ]
         for name, v in methods.items():
-            mark = "$^\\dagger$" if floor is not None and not trains_unimodal_models(name) and v["acc"][0] < floor else ""
-            lines.append(f"{_tex(name)}{mark} & " + " & ".join(_cell(*v[k], r[k].get(name), True) for k in METRICS) + " \\\\")
+            mark = (
+                "$^\\dagger$" if floor is not None and not trains_unimodal_models(name) and v["acc"][0] < floor else ""
+            )
+            lines.append(
+                f"{_tex(name)}{mark} & " + " & ".join(_cell(v[k], r[k].get(name), True) for k in METRICS) + " \\\\"
+            )
         lines += ["\\bottomrule", "\\end{tabular}", ""]
         parts.append("\n".join(lines))
     return "\n".join(parts)
@@ -167,6 +199,7 @@ def collect(root: str | Path) -> dict[str, Any]:
     runs = read_summaries(root)
     if not runs:
         from ..errors import RunFolderError
+
         raise RunFolderError(f"{root}: no finished runs (no */summary.json)")
     write_csv(rows_of(runs), root / "results.csv")
     agg = aggregate(runs)

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
+from ..methods.base import Method
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device: str) -> "Distributed":
+    def from_env(cls, device: str) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -70,7 +71,9 @@ class Distributed:
         try:
             device = torch.device(requested)
         except RuntimeError:
-            raise ConfigError(f"train.device '{requested}' is not a device (modgap trains on cpu, cuda[:N] or mps)") from None
+            raise ConfigError(
+                f"train.device '{requested}' is not a device (modgap trains on cpu, cuda[:N] or mps)"
+            ) from None
         if device.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if (device.index or 0) >= count:
@@ -86,7 +89,7 @@ class Distributed:
         """This process's rows of a global batch and its share of the batch (pads one row at share 0)."""
         if not self.enabled:
             return rows, 1.0
-        local = rows[self.rank::self.world]
+        local = rows[self.rank :: self.world]
         if len(local) == 0:
             return rows[:1], 0.0
         return local, len(local) / len(rows)
@@ -100,22 +103,31 @@ class Distributed:
         """In place: sum over processes of share * tensor (one flattened all-reduce)."""
         if not self.enabled or not tensors:
             return
-        flat = torch.cat([t.detach().reshape(-1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
-                          for t in tensors]) * share
+        flat = (
+            torch.cat(
+                [
+                    t.detach().reshape(-1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+                    for t in tensors
+                ]
+            )
+            * share
+        )
         tdist.all_reduce(flat)
         offset = 0
         for t in tensors:
             n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t))
+            t.copy_(flat[offset : offset + n].view_as(t))
             offset += n
 
     def reduce_gradients(self, params: list[torch.nn.Parameter], share: float) -> None:
         if not self.enabled:
             return
+        grads = []
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        self.reduce_weighted([p.grad for p in params], share)
+            grads.append(p.grad)
+        self.reduce_weighted(grads, share)
 
     def average_buffers(self, module: torch.nn.Module) -> None:
         """In place: every floating-point buffer of ``module`` (BatchNorm running mean and variance)
@@ -170,25 +182,36 @@ class Distributed:
 # ------------------------------------------------------------------ DistributedDataParallel
 class TrainForward(nn.Module):
     """The training step's forward as one module, for DDP to wrap: the model's outputs and the
-    method's losses; returns only the total loss, so that DDP's search for unused parameters starts
-    from what the backward pass will reach (heads whose outputs no loss uses count as unused)."""
+    method's losses. It returns ``(total loss, TrainResult)``: DDP's search for unused parameters
+    starts from the tensors it finds in what the forward returns, and must start from the total loss
+    alone, so that heads and encoders no loss reaches this step count as unused."""
 
-    def __init__(self, model: nn.Module, method: nn.Module) -> None:
+    def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__()
         self.model, self.method = model, method
-        self.out: Any = None
-        self.losses: Any = None
 
-    def forward(self, batch, ctx) -> torch.Tensor:
-        self.out = self.model(batch.inputs)
-        ctx.out, ctx.batch = self.out, batch  # for hooks of methods composed after the first
-        self.losses = self.method.losses(self.out, batch, ctx)
-        return self.losses.total
+    def forward(self, batch, ctx) -> tuple[torch.Tensor, TrainResult]:
+        out = self.model(batch.inputs)
+        ctx.out, ctx.batch = out, batch  # for hooks of methods composed after the first
+        losses = self.method.losses(out, batch, ctx)
+        return losses.total, TrainResult(out, losses)
+
+
+class TrainResult:
+    """The model's outputs and the method's losses of one training forward. A plain class, not a
+    tuple or dataclass: DDP looks for tensors inside those (and would search for unused parameters
+    from every logit and feature), while it passes this through untouched."""
+
+    __slots__ = ("out", "losses")
+
+    def __init__(self, out: Any, losses: Any) -> None:
+        self.out, self.losses = out, losses
 
 
 @dataclass
 class ShareState:
     """The communication hook's state: this process's share of the current global batch."""
+
     share: float = 1.0
 
 
@@ -207,7 +230,11 @@ def wrap_ddp(forward: TrainForward, device: torch.device, state: ShareState) -> 
     gradient (``leaves_parameters_unused`` of the method, a composite's parts, or the fusion); elsewhere
     that search would cost a graph traversal per step and DDP warns about it."""
     unused = any(getattr(m, "leaves_parameters_unused", False) for m in forward.modules())
-    ddp = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
-                                  forward_sync_buffers=False, find_unused_parameters=unused)
+    ddp = DistributedDataParallel(
+        forward,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False,
+        find_unused_parameters=unused,
+    )
     ddp.register_comm_hook(state, weighted_allreduce)
     return ddp

@@ -1,10 +1,11 @@
 """Batches built in worker processes (``data.workers`` > 0): a torch DataLoader over the trainer's plan.
 
-The trainer decides every batch exactly as without workers (train/trainer.py ``batches``: the rows
-of each global batch in an order fixed by (seed, epoch), this process's shard, its share; or the
-evaluation chunks) and hands the list to ``BatchLoader.load``. A sampler yields one item per batch,
-(rows, train, share, key), and a worker calls ``dataset.batch(rows, train)`` on it: the same rows,
-the same order and the same sharding as in-process loading; only where the work runs changes.
+The trainer decides every batch exactly as without workers (train/plan.py: the rows of each global
+batch in an order fixed by (seed, epoch), this process's shard, its share; or the evaluation chunks)
+and hands the list to ``BatchLoader.load`` (train/assemble.py ``Assembly.batches``). A sampler
+yields one item per batch, (rows, train, share, key), and a worker calls ``dataset.batch(rows,
+train)`` on it: the same rows, the same order and the same sharding as in-process loading; only where
+the work runs changes.
 
 Randomness: in-process, online augmentation (random crops, flips, frame choice) draws from the
 training process's global torch generator. In a worker, each training batch first seeds the
@@ -63,8 +64,9 @@ def seed_of(key: tuple[int, ...]) -> int:
 Layout = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def build(data: MultimodalDataset, item: Item, layout: Layout | None = None
-          ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, float]:
+def build(
+    data: MultimodalDataset, item: Item, layout: Layout | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, float]:
     """One batch, as a worker builds it (also used in-process when a loader is busy); ``layout``
     puts the inputs in the trainer's memory format here, in the worker."""
     rows, train, share, key = item
@@ -108,8 +110,16 @@ def _identity(x: Any) -> Any:
 class BatchLoader:
     """Two DataLoaders (training, evaluation) over a dataset, created on first use."""
 
-    def __init__(self, data: MultimodalDataset, workers: int, pin_memory: bool, prefetch_factor: int = 2,
-                 persistent_workers: bool = True, seed: int = 0, layout: Layout | None = None) -> None:
+    def __init__(
+        self,
+        data: MultimodalDataset,
+        workers: int,
+        pin_memory: bool,
+        prefetch_factor: int = 2,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        layout: Layout | None = None,
+    ) -> None:
         if prefetch_factor < 1:
             raise ConfigError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
         self.data, self.workers, self.pin_memory, self.layout = data, workers, pin_memory, layout
@@ -121,11 +131,18 @@ class BatchLoader:
         if train not in self._loaders:
             plan = _Plan()
             context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-            loader = DataLoader(_Batches(self.data, self.layout), batch_size=None, sampler=plan, num_workers=self.workers,
-                                collate_fn=_identity, pin_memory=self.pin_memory,
-                                prefetch_factor=self.prefetch_factor, persistent_workers=self.persistent_workers,
-                                multiprocessing_context=context,
-                                generator=torch.Generator().manual_seed(self.seed + int(train)))
+            loader = DataLoader(
+                _Batches(self.data, self.layout),
+                batch_size=None,
+                sampler=plan,
+                num_workers=self.workers,
+                collate_fn=_identity,
+                pin_memory=self.pin_memory,
+                prefetch_factor=self.prefetch_factor,
+                persistent_workers=self.persistent_workers,
+                multiprocessing_context=context,
+                generator=torch.Generator().manual_seed(self.seed + int(train)),
+            )
             self._loaders[train] = (loader, plan)
         return self._loaders[train]
 

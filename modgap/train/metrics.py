@@ -3,7 +3,7 @@
 ACC: top-1 accuracy. MAP: mean over classes of the average precision of the softmax score against
 the one-vs-rest label (classes without a positive in the split are left out of the mean, as their
 AP is undefined). F1: macro-averaged F1 over the classes present in labels or predictions.
-Each is checked against scikit-learn in tests/test_metrics.py.
+Each is checked against scikit-learn in tests/train/test_metrics.py.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def modality_gap(u: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     for m, n in itertools.combinations(u, 2):
         a = u[m] / np.maximum(np.linalg.norm(u[m], axis=1, keepdims=True), 1e-12)
         b = u[n] / np.maximum(np.linalg.norm(u[n], axis=1, keepdims=True), 1e-12)
-        out[f"{m}-{n}"] = {"centroid": float(np.linalg.norm(a.mean(0) - b.mean(0))),
-                           "paired": float(np.linalg.norm(a - b, axis=1).mean())}
+        out[f"{m}-{n}"] = {
+            "centroid": float(np.linalg.norm(a.mean(0) - b.mean(0))),
+            "paired": float(np.linalg.norm(a - b, axis=1).mean()),
+        }
     return out
 
 
@@ -74,8 +76,9 @@ def imbalance_ratio(per_modality_acc: dict[str, float]) -> float:
     return float(max(values) / max(min(values), 1e-12))
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 seed: int = 0) -> float:
+def linear_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int = 0
+) -> float:
     """Logistic regression on frozen, standardised features: fit on train, accuracy on test."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler

@@ -59,6 +59,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..models.classifier import MultimodalClassifier
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -86,7 +87,11 @@ class LossScale:
         return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.scale, self.good_steps, self.skipped = float(state["scale"]), int(state["good_steps"]), int(state["skipped"])
+        self.scale, self.good_steps, self.skipped = (
+            float(state["scale"]),
+            int(state["good_steps"]),
+            int(state["skipped"]),
+        )
 
 
 class Precision:
@@ -136,31 +141,36 @@ class Precision:
             yield losses
         except RuntimeError as exc:
             if self.compiled and "double backward" in str(exc):
-                raise ConfigError("train.compile: this method differentiates its gradients in the training step "
-                                  "(create_graph, e.g. lfm-lb horizon > 1), which compiled graphs do not support; "
-                                  "set train.compile=false") from None
+                raise ConfigError(
+                    "train.compile: this method differentiates its gradients in the training step "
+                    "(create_graph, e.g. lfm-lb horizon > 1), which compiled graphs do not support; "
+                    "set train.compile=false"
+                ) from None
             raise
         finally:
             for h in hooks:
                 h.remove()
         if second_order:
-            raise ConfigError("train.precision=fp16: this method differentiates its gradients in the training step "
-                              "(create_graph, e.g. lfm-lb horizon > 1), which loss scaling cannot unscale exactly; "
-                              "use train.precision=bf16")
+            raise ConfigError(
+                "train.precision=fp16: this method differentiates its gradients in the training step "
+                "(create_graph, e.g. lfm-lb horizon > 1), which loss scaling cannot unscale exactly; "
+                "use train.precision=bf16"
+            )
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def prepare_model(self, model: MultimodalClassifier) -> MultimodalClassifier:
         """Mixed-precision encoders, channels_last and compile, applied in place (model on its device).
         State_dict keys do not change; a deep copy of an encoder (uni-modal teachers) keeps the behaviour."""
         if self.dtype is not None:
             for encoder in model.encoders.values():
                 encoder.forward = types.MethodType(_mixed_forward(self), encoder)
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted; not in the stubs
         if self.compiled:
             # methods take several gradients of one graph (retain_graph=True: lfm-lb, mmpareto), which
             # compiled backward graphs refuse while they donate (reuse) their saved buffers
             with contextlib.suppress(ImportError, AttributeError):
                 import torch._functorch.config as functorch_config
+
                 functorch_config.donated_buffer = False
             for encoder in model.encoders.values():
                 encoder.compile()
@@ -193,6 +203,7 @@ def _mixed_forward(precision: Precision):
         with torch.autocast(precision.device_type, dtype=precision.dtype):
             out = type(module).forward(module, *args, **kwargs)
         return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
     return forward
 
 
@@ -213,11 +224,14 @@ def check_train_options(cfg: TrainConfig, device_type: str) -> None:
     """One-line errors for precision / compile choices the device cannot do."""
     if cfg.precision not in DTYPES:
         from ..errors import closest
+
         raise ConfigError(f"unknown train.precision '{cfg.precision}'{closest(cfg.precision, tuple(DTYPES))}")
     if cfg.precision == "fp16" and device_type != "cuda":
         raise ConfigError(f"train.precision=fp16 needs CUDA (loss-scaled float16); on {device_type} use bf16 or fp32")
     if cfg.channels_last and device_type != "cuda":
-        raise ConfigError(f"train.channels_last is for CUDA; on {device_type} oneDNN's channels-last convolution "
-                          f"backward can crash for narrow ResNets (see train/precision.py)")
+        raise ConfigError(
+            f"train.channels_last is for CUDA; on {device_type} oneDNN's channels-last convolution "
+            f"backward can crash for narrow ResNets (see train/precision.py)"
+        )
     if cfg.compile and not hasattr(torch.nn.Module, "compile"):
         raise ConfigError(f"train.compile needs torch >= 2.2 (this is {torch.__version__})")

@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,17 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import Config, build, check
-from ..data import MultimodalDataset, load_dataset
+from ..data import MultimodalDataset
 from ..data.base import Batch
 from ..errors import ModgapError, RunFolderError
-from ..methods import Method, StepContext, build_method
-from ..methods.base import required_fusion
-from ..methods.scores import discrepancy, modality_scores
-from ..models import MultimodalClassifier, build_model
-from .metrics import (OutputAccumulator, classification_metrics, imbalance_ratio, linear_probe,
-                      modality_gap)
-from .distributed import Distributed, ShareState, TrainForward, wrap_ddp
-from .loader import BatchLoader, Item, default_workers
-from .precision import Precision
 from ..faults import fault_point
+from ..methods import Method, StepContext
+from ..methods.scores import discrepancy, modality_scores
+from ..models import MultimodalClassifier
 from ..runs import RunFolder
-
+from .assemble import Assembly, EvalResult, assemble, evaluate
+from .distributed import ShareState, TrainForward, wrap_ddp
+from .metrics import OutputAccumulator, imbalance_ratio, linear_probe, modality_gap
 
 DIAGNOSTICS_EVERY = 5
 """Gradient norms and the discrepancy ratio are sampled every few steps (they cost ~10 % of a
@@ -65,12 +61,6 @@ class Progress:
     wall_s: float = 0.0
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -96,44 +86,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def permutation(n: int, *seed: int) -> np.ndarray:
-    """A permutation that depends only on the seeds (so a resumed run sees the same order)."""
-    return np.random.default_rng(list(seed)).permutation(n)
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, dict[str, float]]
-    outputs: OutputAccumulator = field(repr=False)
-
-
 class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False) -> None:
         self.config = config
         self.run = RunFolder(run_dir)
         self.resume = resume
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
-        self.dist = Distributed.from_env(config.train.device)
-        self.device = self.dist.device(config.train.device)
-        self.precision = Precision(config.train, self.device)
-        seed_everything(config.train.seed)
-        self.data: MultimodalDataset = load_dataset(config.data)
-        workers = default_workers(self.data, config.data.workers)
-        self.loader = BatchLoader(self.data, workers, self.device.type == "cuda", config.data.prefetch_factor,
-                                  config.data.persistent_workers, config.train.seed,
-                                  self.precision.inputs) if workers else None
-        shapes = {m: self.data.input_shape(m) for m in self.data.modalities}
-        suggested = {m: self.data.encoder_for(m) for m in self.data.modalities}
-        model_cfg = config.model
-        fusion = required_fusion(config.method["name"])
-        if fusion is not None:
-            model_cfg = build(type(model_cfg), {"fusion": fusion}, base=model_cfg)
-        self.model: MultimodalClassifier = self.precision.prepare_model(
-            build_model(shapes, self.data.num_classes, model_cfg, suggested).to(self.device))
-        dims = {m: e.out_dim for m, e in self.model.encoders.items()}
-        self.method: Method = build_method(config.method, self.data.modalities, self.data.num_classes, dims).to(self.device)
-        self.params = [p for p in [*self.model.parameters(), *self.method.parameters()] if p.requires_grad]
+        self.assembly: Assembly = assemble(config)
+        a = self.assembly  # the parts the loop uses, under their own names
+        self.dist, self.device, self.precision, self.loader, self.plan = a.dist, a.device, a.precision, a.loader, a.plan
+        self.data: MultimodalDataset = a.data
+        self.model: MultimodalClassifier = a.model
+        self.method: Method = a.method
+        self.params = a.params
         self.forward = TrainForward(self.model, self.method)
         self._share = ShareState()
         self.ddp = wrap_ddp(self.forward, self.device, self._share) if self.dist.enabled and config.train.ddp else None
@@ -142,57 +106,31 @@ class Trainer:
         self.state = Progress()
         self._diag: dict[str, list[float]] = {}
         steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size) * self.method.steps_per_batch()
-        self.ctx = StepContext(self.model, self.optimizer, self.params, epochs=config.train.epochs,
-                               steps_per_epoch=steps, next_val_batch=self._next_val_batch,
-                               fixed_val_batch=self._fixed_val_batch, iterate=self._iterate,
-                               all_reduce_mean=self.dist.all_reduce_mean, all_reduce_sum=self.dist.all_reduce_sum,
-                               reduce_weighted=self.dist.reduce_weighted,
-                               train_batches=lambda epoch: self.batches("train", train=True, epoch=epoch))
+        self.ctx = StepContext(
+            self.model,
+            self.optimizer,
+            self.params,
+            epochs=config.train.epochs,
+            steps_per_epoch=steps,
+            next_val_batch=self._next_val_batch,
+            fixed_val_batch=self._fixed_val_batch,
+            iterate=self._iterate,
+            all_reduce_mean=self.dist.all_reduce_mean,
+            all_reduce_sum=self.dist.all_reduce_sum,
+            reduce_weighted=self.dist.reduce_weighted,
+            train_batches=lambda epoch: self.batches("train", train=True, epoch=epoch),
+        )
 
     # ---- data --------------------------------------------------------------------------------
     def batches(self, split: str, train: bool, epoch: int = 0) -> Iterator[Batch]:
-        """Training: this process's shard of each global batch, in an order fixed by (seed, epoch).
-        Evaluation: this process's contiguous part of the split, in order. Nothing is dropped."""
-        rows = self.data.splits[split]
-        if not train:
-            rows = self.dist.shard_split(rows)
-            size = self.config.data.eval_batch_size
-            plan = [(rows[start:start + size], 1.0) for start in range(0, len(rows), size)]
-        else:
-            rows = rows[permutation(len(rows), self.config.train.seed, epoch)]
-            size = self.config.data.batch_size
-            plan = [self.dist.shard_batch(rows[start:start + size]) for start in range(0, len(rows), size)]
-        if self.loader is not None:  # data.workers > 0: the same plan, built in worker processes
-            seed = (self.config.train.seed, epoch, self.dist.rank)
-            items: list[Item] = [(local, train, share, (*seed, k) if train else None)
-                                 for k, (local, share) in enumerate(plan)]
-            for batch in self.loader.load(items):
-                yield self._on_device(batch)
-            return
-        for local, share in plan:
-            batch = self._on_device(self.data.batch(local, train=train))
-            batch.share = share
-            yield batch
-
-    def _local_batch(self, global_rows: np.ndarray, train: bool) -> Batch:
-        local, share = self.dist.shard_batch(global_rows)
-        batch = self._on_device(self.data.batch(local, train=train))
-        batch.share = share
-        return batch
-
-    def _on_device(self, batch: Batch) -> Batch:
-        batch = batch.to(self.device)
-        batch.inputs = self.precision.inputs(batch.inputs)
-        return batch
+        """Every pass of the loop and of the method's hooks over a split (plan.py decides the rows)."""
+        return self.assembly.batches(split, train, epoch)
 
     def _next_val_batch(self) -> Batch:
         """The validation split in batches, reshuffled each pass, position kept in the checkpoint."""
-        rows, size = self.data.splits["val"], self.config.data.batch_size
-        per_pass = math.ceil(len(rows) / size)
-        cycle, k = divmod(self.state.val_cursor, per_pass)
-        order = rows[permutation(len(rows), self.config.train.seed, 1_000_003, cycle)]
+        local, share = self.plan.val_stream(self.data.splits["val"], self.state.val_cursor)
         self.state.val_cursor += 1
-        return self._local_batch(order[k * size:(k + 1) * size], train=False)
+        return self.assembly.batch(local, share, train=False)
 
     def _iterate(self, split: str) -> Iterator[Batch]:
         if split == "test":
@@ -200,14 +138,21 @@ class Trainer:
         return self.batches(split, train=False)
 
     def _fixed_val_batch(self, n: int) -> Batch:
-        return self._local_batch(self.data.splits["val"][:n], train=False)
+        local, share = self.plan.fixed(self.data.splits["val"][:n])
+        return self.assembly.batch(local, share, train=False)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "method": self.method.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "progress": vars(self.state).copy(), "rng": rng_state(), "version": __version__,
-                **({"loss_scale": self.precision.state_dict()} if self.precision.loss_scale else {})}
+        return {
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": vars(self.state).copy(),
+            "rng": rng_state(),
+            "version": __version__,
+            **({"loss_scale": self.precision.state_dict()} if self.precision.loss_scale else {}),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -233,7 +178,9 @@ class Trainer:
             if saved.get("split_checksum") != self.data.split_checksum():
                 raise RunFolderError(f"{self.run.path}: the data split differs from the one this run started with")
         elif self.run.has_run():
-            raise RunFolderError(f"{self.run.path}: already holds a run; add --resume to continue it, or choose another --out")
+            raise RunFolderError(
+                f"{self.run.path}: already holds a run; add --resume to continue it, or choose another --out"
+            )
         self.dist.barrier()
         if self.dist.is_main:
             self.run.prepare()
@@ -242,8 +189,9 @@ class Trainer:
             if state is not None:
                 self.load_state_dict(state)
             if self.dist.is_main:
-                self.run.truncate_logs(self.state.epoch, self.state.step,
-                                       self.config.train.epochs * self.ctx.steps_per_epoch)
+                self.run.truncate_logs(
+                    self.state.epoch, self.state.step, self.config.train.epochs * self.ctx.steps_per_epoch
+                )
                 self.run.write_yaml("config.yaml", cfg_dict)  # epochs may have been extended
         elif self.dist.is_main:
             self.run.check_space(4 * self.checkpoint_bytes() + (16 << 20))
@@ -270,9 +218,15 @@ class Trainer:
         epochs = cfg.train.epochs
         main = self.dist.is_main
         alpha_log = self.run.alpha_writer() if self.method.alpha is not None and main else None
-        bar = tqdm(total=epochs * self.ctx.steps_per_epoch, initial=self.state.epoch * self.ctx.steps_per_epoch,
-                   disable=not (cfg.train.progress and main), desc=f"{cfg.method['name']} {self.data.name}",
-                   unit="step", dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=epochs * self.ctx.steps_per_epoch,
+            initial=self.state.epoch * self.ctx.steps_per_epoch,
+            disable=not (cfg.train.progress and main),
+            desc=f"{cfg.method['name']} {self.data.name}",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
         while self.state.epoch < epochs:
             started = time.perf_counter()
             epoch = self.state.epoch
@@ -295,8 +249,11 @@ class Trainer:
                     seen += n
                     self.state.step += 1
                     if alpha_log is not None:
-                        alpha_log.add(self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch),
-                                      self.method.alpha)
+                        alpha = self.method.alpha
+                        assert alpha is not None  # alpha_log exists only for a method with an alpha
+                        alpha_log.add(
+                            self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch), alpha
+                        )
                     bar.update()
                     fault_point("train_step")
             seen, sums = self._global_sums(seen, sums)
@@ -311,10 +268,16 @@ class Trainer:
             improved = val["fused"]["acc"] > self.state.best_val and _finite_model(self.model)
             if improved:
                 self.state.best_val, self.state.best_epoch = val["fused"]["acc"], epoch
-            record = {"epoch": epoch, "lr": lr, "alpha": self.method.alpha,
-                      "train": {k: v / max(seen, 1) for k, v in sums.items()}, "val": val, "test": test,
-                      "imbalance_val": imbalance_ratio({m: val[m]["acc"] for m in self.data.modalities}),
-                      "epoch_s": round(time.perf_counter() - started, 3)}
+            record = {
+                "epoch": epoch,
+                "lr": lr,
+                "alpha": self.method.alpha,
+                "train": {k: v / max(seen, 1) for k, v in sums.items()},
+                "val": val,
+                "test": test,
+                "imbalance_val": imbalance_ratio({m: val[m]["acc"] for m in self.data.modalities}),
+                "epoch_s": round(time.perf_counter() - started, 3),
+            }
             if cfg.train.diagnostics:
                 record["diagnostics"] = self._epoch_diagnostics(val_eval.outputs)
             # order matters for a crash at any point: logs first, then best, then last (which resumes)
@@ -327,9 +290,11 @@ class Trainer:
                     self.run.save("best.pt", state)
                 self.run.save_last(state)
             self.dist.barrier()
-            bar.set_postfix(loss=f"{record['train'].get('total', record['train'].get('cls', 0)):.3f}",
-                            val=f"{val['fused']['acc']:.3f}",
-                            **({"alpha": f"{self.method.alpha:.3f}"} if self.method.alpha is not None else {}))
+            bar.set_postfix(
+                loss=f"{record['train'].get('total', record['train'].get('cls', 0)):.3f}",
+                val=f"{val['fused']['acc']:.3f}",
+                **({"alpha": f"{self.method.alpha:.3f}"} if self.method.alpha is not None else {}),
+            )
         bar.close()
         return self.finish()
 
@@ -342,15 +307,16 @@ class Trainer:
         if len(self.data.modalities) > 1:
             out["gap_val"] = {"logits": modality_gap({m: val_out.get(f"logits/{m}") for m in self.data.modalities})}
             if f"projection/{self.data.modalities[0]}" in val_out:
-                out["gap_val"]["projection"] = modality_gap({m: val_out.get(f"projection/{m}")
-                                                             for m in self.data.modalities})
+                out["gap_val"]["projection"] = modality_gap(
+                    {m: val_out.get(f"projection/{m}") for m in self.data.modalities}
+                )
         return out
 
     def _global_sums(self, seen: int, sums: dict[str, float]) -> tuple[int, dict[str, float]]:
         if not self.dist.enabled:
             return seen, sums
         total = self.dist.all_reduce_sum(torch.tensor([float(seen), *sums.values()], dtype=torch.float64))
-        return int(total[0]), dict(zip(sums, total[1:].tolist()))
+        return int(total[0]), dict(zip(sums, total[1:].tolist(), strict=True))
 
     def train_step(self, batch: Batch) -> dict[str, float] | None:
         """One optimiser step; None when a non-finite loss or gradient made it skip (on_nonfinite=skip),
@@ -359,15 +325,15 @@ class Trainer:
         # several processes: DDP reduces the gradients during the backward pass, unless the method takes
         # its own gradients this step (then: no_sync, and one explicit all-reduce after its backward)
         explicit = self.ddp is None or self.method.takes_own_gradients(self.ctx)
-        with (self.ddp.no_sync() if self.ddp is not None and explicit else contextlib.nullcontext()):
+        with self.ddp.no_sync() if self.ddp is not None and explicit else contextlib.nullcontext():
             self._share.share = batch.share
             with self.precision.autocast():  # train.precision: the forward and the losses only
-                self._forward(batch)
-            out, losses = self.forward.out, self.forward.losses
+                out, losses = self._forward(batch)
             if not bool(self.dist.all_reduce_sum(torch.isfinite(losses.total.detach()).float()) == self.dist.world):
                 if not explicit:  # DDP waits for this forward's backward: give it one, then drop it
                     losses.total.backward()
-                return self._nonfinite("loss", batch)
+                self._nonfinite("loss", batch)
+                return None
             with self.precision.scaled(losses, self.params) as scaled:  # fp16: gradients arrive unscaled
                 self.method.backward(scaled, self.ctx)
         if explicit:
@@ -381,7 +347,8 @@ class Trainer:
                 self.method.on_skipped_step(self.ctx)
                 return None
         elif self.config.train.check_grads and not _finite_grads(self.params):
-            return self._nonfinite("gradient", batch)
+            self._nonfinite("gradient", batch)
+            return None
         if self.config.train.diagnostics and self.state.step % DIAGNOSTICS_EVERY == 0:
             self._record_diagnostics(out, batch)
         self.optimizer.step()
@@ -390,19 +357,23 @@ class Trainer:
         terms["total"] = float(losses.total.detach())
         return terms
 
-    def _forward(self, batch: Batch) -> None:
+    def _forward(self, batch: Batch) -> tuple[Any, Any]:
+        """The model's outputs and the method's losses (through DDP when it reduces the gradients)."""
         if self.ddp is None:
-            self.forward(batch, self.ctx)
-            return
+            _, result = self.forward(batch, self.ctx)
+            return result.out, result.losses
         try:
-            self.ddp(batch, self.ctx)
+            _, result = self.ddp(batch, self.ctx)
+            return result.out, result.losses
         except RuntimeError as exc:  # DDP's reducer: the previous step left a parameter without gradient
             if "find_unused_parameters" not in str(exc):
                 raise
-            raise TrainingError(f"method '{self.config.method['name']}' left a parameter without a gradient in a "
-                                f"step before step {self.state.step}, which DistributedDataParallel must be told: set "
-                                "leaves_parameters_unused = True on the method or fusion, or train with "
-                                "--set train.ddp=false") from None
+            raise TrainingError(
+                f"method '{self.config.method['name']}' left a parameter without a gradient in a "
+                f"step before step {self.state.step}, which DistributedDataParallel must be told: set "
+                "leaves_parameters_unused = True on the method or fusion, or train with "
+                "--set train.ddp=false"
+            ) from None
 
     @torch.no_grad()
     def _record_diagnostics(self, out, batch: Batch) -> None:
@@ -421,34 +392,16 @@ class Trainer:
         ids = ", ".join(self.data.ids[i] for i in batch.index[:5].tolist())
         where = f"non-finite {what} at epoch {self.state.epoch}, step {self.state.step} (batch starts with ids {ids})"
         if self.config.train.on_nonfinite == "stop":
-            raise TrainingError(f"{where}; nothing was saved from this epoch (train.on_nonfinite=skip skips such steps)")
+            raise TrainingError(
+                f"{where}; nothing was saved from this epoch (train.on_nonfinite=skip skips such steps)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.method.on_skipped_step(self.ctx)
         self.state.skipped_steps += 1
         return None
 
-    @torch.no_grad()
     def evaluate(self, split: str) -> EvalResult:
-        self.model.eval()
-        self.method.eval()
-        acc = OutputAccumulator()
-        for batch in self.batches(split, train=False):
-            out = self.model(batch.inputs)
-            fault_point("evaluate")
-            acc.add("y", batch.y)
-            acc.add("fused", self.method.predict(out))
-            for m in self.data.modalities:
-                acc.add(f"logits/{m}", out.logits[m])
-                acc.add(f"features/{m}", out.features[m])
-            projected = self.method.projections(out)
-            for m, u in (projected or {}).items():
-                acc.add(f"projection/{m}", u)
-        acc.gather(self.dist.gather_arrays)
-        y = acc.get("y").astype(np.int64)
-        metrics = {"fused": classification_metrics(acc.get("fused"), y)}
-        for m in self.data.modalities:
-            metrics[m] = classification_metrics(acc.get(f"logits/{m}"), y)
-        return EvalResult(metrics, acc)
+        return evaluate(self.assembly, self.batches(split, train=False))
 
     # ---- the end of the run ------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
@@ -474,23 +427,38 @@ class Trainer:
         probe = {}
         if self.config.train.probe:
             for m in self.data.modalities:
-                probe[m] = linear_probe(train_out.get(f"features/{m}"), y_train,
-                                        test_out.get(f"features/{m}"), y_test, self.config.train.seed)
+                probe[m] = linear_probe(
+                    train_out.get(f"features/{m}"),
+                    y_train,
+                    test_out.get(f"features/{m}"),
+                    y_test,
+                    self.config.train.seed,
+                )
         gap: dict[str, Any] = {}
         if len(self.data.modalities) > 1:
             gap["logits"] = modality_gap({m: test_out.get(f"logits/{m}") for m in self.data.modalities})
             if f"projection/{self.data.modalities[0]}" in test_out:
                 gap["projection"] = modality_gap({m: test_out.get(f"projection/{m}") for m in self.data.modalities})
         summary = {
-            "dataset": self.data.name, "modalities": list(self.data.modalities),
-            "method": self.config.method["name"], "seed": self.config.train.seed,
-            "best_epoch": best["epoch"], "test": best["test"], "test_last": last["test"], "val": best["val"],
-            "probe": probe, "gap": gap, "alpha_final": self._alpha_last, "alpha_best": self.method.alpha,
+            "dataset": self.data.name,
+            "modalities": list(self.data.modalities),
+            "method": self.config.method["name"],
+            "seed": self.config.train.seed,
+            "best_epoch": best["epoch"],
+            "test": best["test"],
+            "test_last": last["test"],
+            "val": best["val"],
+            "probe": probe,
+            "gap": gap,
+            "alpha_final": self._alpha_last,
+            "alpha_best": self.method.alpha,
             "imbalance_test": imbalance_ratio({m: best["test"][m]["acc"] for m in self.data.modalities}),
-            "wall_s": round(self.state.wall_s, 2), "epochs": self.state.epoch,
+            "wall_s": round(self.state.wall_s, 2),
+            "epochs": self.state.epoch,
             "skipped_steps": self.state.skipped_steps,
             **({"amp_skipped_steps": self.precision.loss_scale.skipped} if self.precision.loss_scale else {}),
-            "split_checksum": self.data.split_checksum(), "version": __version__,
+            "split_checksum": self.data.split_checksum(),
+            "version": __version__,
         }
         self.run.write_json("summary.json", summary)
         return summary

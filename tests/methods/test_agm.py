@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from modgap.data.base import Batch
 from modgap.methods.agm import agm_coefficients, mono_responses, response_scores
@@ -15,13 +14,9 @@ from modgap.methods import StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import FUSIONS
 
+from conftest import Enc, joint_gradients, train_losses
+
 C = 3
-
-
-class Enc(nn.Linear):
-    def __init__(self, i: int, o: int) -> None:
-        super().__init__(i, o)
-        self.out_dim = o
 
 
 def toy(dims_in: dict[str, int], fusion: str, spec: dict):
@@ -142,6 +137,7 @@ def test_responses_target_scales_each_mono_response_gradient_by_hand():
     model, method, ctx, batch = toy({"a": 6, "v": 5}, "concat", {"name": "agm", "alpha": 0.7, "grad_clip": 0})
     method.averages, method.count = {"a": 1.3, "v": 0.9}, 4
     y = batch.y
+    joint = joint_gradients(model, batch)
     out = model(batch.inputs)
     method.losses(out, batch, ctx).total.backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -162,6 +158,10 @@ def test_responses_target_scales_each_mono_response_gradient_by_hand():
         torch.testing.assert_close(got[n], p.grad, msg=n)
     assert method.last_coefficients == pytest.approx({"a": k_a, "v": k_v})
     assert method.averages["a"] == pytest.approx((1.3 * 4 + s["a"]) / 5)
+    # not joint's step: k_a, k_v != 1 re-weight the two modalities' parts of the encoders' gradients
+    assert abs(k_a - 1) > 1e-3 and abs(k_v - 1) > 1e-3
+    for m in ("a", "v"):
+        assert not torch.allclose(got[f"encoders.{m}.weight"], joint[f"encoders.{m}.weight"], atol=1e-6)
 
 
 def test_modulation_window_is_the_first_twenty_epochs():
@@ -184,12 +184,12 @@ def test_released_gradient_clipping():
         torch.testing.assert_close(p.grad, g * 0.5 / (norm + 1e-6))
 
 
-def test_end_to_end(cli, tmp_path):
-    summary = cli.train(tmp_path / "r", "--method", "agm")
-    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+def test_end_to_end(cli, tmp_path, joint_twin):
+    cli.train(tmp_path / "r", "--method", "agm")
+    assert train_losses(tmp_path / "r") != joint_twin()  # the re-weighted steps train another model
 
 
-def test_three_modalities(cli, tmp_path):
+def test_three_modalities(cli, tmp_path, joint_twin):
     summary = cli.train(tmp_path / "r3", "--method", "agm", "--data", "mfeat:pix+fou+mor", epochs=1)
     assert summary["modalities"] == ["pix", "fou", "mor"]
-    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+    assert train_losses(tmp_path / "r3") != joint_twin("--data", "mfeat:pix+fou+mor", epochs=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -10,14 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modgap.cli import main
 from modgap.data.base import Batch
 from modgap.methods import StepContext, build_method
 from modgap.methods.gblend import ogr_weights
 from modgap.models.classifier import ModelOutput
 
-ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
-
+from conftest import train_losses
 
 def test_weights_from_loss_curves_by_hand():
     # (L_T, L_V) per head at the start and the end of a window
@@ -115,36 +112,23 @@ def test_estimate_uses_train_and_val_only_and_updates_at_window_ends():
     assert clone.weights == method.weights and clone.window_start == method.window_start
 
 
-def _finite_summary(path):
-    summary = json.loads((path / "summary.json").read_text())
-    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
-    return summary
+def test_end_to_end(cli, tmp_path, joint_twin):
+    cli.train(tmp_path / "r", "--method", "gblend", "--set", "method.estimate_every=1")
+    assert train_losses(tmp_path / "r") != joint_twin()
 
 
-def test_end_to_end(tmp_path):
-    argv = ["train", "--method", "gblend", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
-            "--set", "model.feature_dim=8", "--set", "train.probe=false", "--set", "method.estimate_every=1",
-            *ONE_THREAD, "--out", str(tmp_path / "r")]
-    assert main(argv) == 0
-    _finite_summary(tmp_path / "r")
-
-
-def test_three_modalities(tmp_path):
-    argv = ["train", "--method", "gblend", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
-            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
-            "--set", "method.estimate_every=1", *ONE_THREAD, "--out", str(tmp_path / "r3")]
-    assert main(argv) == 0
-    summary = _finite_summary(tmp_path / "r3")
+def test_three_modalities(cli, tmp_path, joint_twin):
+    summary = cli.train(tmp_path / "r3", "--method", "gblend", "--data", "mfeat:pix+fou+mor",
+                        "--set", "method.estimate_every=1")
     assert set(summary["modalities"]) == {"pix", "fou", "mor"}
+    assert train_losses(tmp_path / "r3") != joint_twin("--data", "mfeat:pix+fou+mor")
 
 
-def test_resume_continues_exactly(tmp_path, metrics_of):
+def test_resume_continues_exactly(cli, tmp_path, metrics_of):
     """The method's state (checkpointed with the model) makes 2 + 2 epochs equal 4 epochs."""
-    common = ["--method", "gblend", "--quiet", "--set", "model.hidden=[16]", "--set", "model.feature_dim=8",
-              "--set", "train.probe=false", "--set", "method.estimate_every=1", *ONE_THREAD]
-    assert main(["train", "--epochs", "4", "--out", str(tmp_path / "full"), *common]) == 0
-    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "part"), *common]) == 0
-    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--epochs", "4", "--quiet"]) == 0
+    cli.train(tmp_path / "full", "--method", "gblend", "--set", "method.estimate_every=1", epochs=4)
+    cli.train(tmp_path / "part", "--method", "gblend", "--set", "method.estimate_every=1", epochs=2)
+    cli.resume(tmp_path / "part", epochs=4)
     assert metrics_of(tmp_path / "part") == metrics_of(tmp_path / "full")
 
 
@@ -227,6 +211,7 @@ def test_fixed_weights_as_in_the_released_code():
 
     by_hand = 0.356 * mean_ce(out.fused) + 0.630 * mean_ce(out.logits["a"]) + 0.014 * mean_ce(out.logits["b"])
     assert float(method.losses(out, Batch({}, y, torch.arange(2)), None).total.detach()) == pytest.approx(by_hand, rel=1e-6)
+    assert abs(by_hand - mean_ce(out.fused)) > 1e-3  # joint's loss: the fused CE alone
     method.on_epoch_start(StepContext(None, None, [], epochs=4))  # no estimate, no data touched
     assert method.weights == w
     with pytest.raises(Exception):

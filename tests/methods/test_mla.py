@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from modgap.cli import main
 from modgap.data.base import Batch
 from modgap.errors import ConfigError
 from modgap.methods import StepContext, build_method
@@ -18,15 +15,7 @@ from modgap.methods.mla import entropy_fusion, owm_update
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import SharedFusion
 
-ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
-
-
-class Ident(nn.Module):
-    out_dim = 3
-
-    def forward(self, x):
-        return x
-
+from conftest import Ident, softmax, train_losses
 
 def test_projector_is_orthogonal_to_every_stored_direction():
     torch.manual_seed(0)
@@ -45,7 +34,7 @@ def test_projector_is_orthogonal_to_every_stored_direction():
 
 def test_alternating_steps_do_not_move_the_head_on_the_previous_modality():
     torch.manual_seed(0)
-    model = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))
+    model = MultimodalClassifier({"a": Ident(3), "b": Ident(3)}, SharedFusion({"a": 3, "b": 3}, 2))
     method = build_method({"name": "mla", "owm_alpha": 0.0, "owm_order": "project_first", "owm_normalize": False,
                            "owm_bias": True}, ("a", "b"), 2, {"a": 3, "b": 3})
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -80,7 +69,7 @@ def test_released_projection_by_hand():
     # bias gradient untouched; step 0 left alone. Steps 0 and 1 train a then b on batch 0 of B = 2
     # (4 optimiser steps per epoch: 2 batches x 2 modalities), step 2 trains a on batch 1.
     torch.manual_seed(0)
-    model = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))
+    model = MultimodalClassifier({"a": Ident(3), "b": Ident(3)}, SharedFusion({"a": 3, "b": 3}, 2))
     method = build_method({"name": "mla"}, ("a", "b"), 2, {"a": 3, "b": 3})
     ctx = StepContext(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()), steps_per_epoch=4)
     batch = Batch({"a": torch.rand(6, 3), "b": torch.rand(6, 3) + 1}, torch.tensor([0, 1, 0, 1, 1, 0]), torch.arange(6))
@@ -117,7 +106,7 @@ def test_released_alternation_takes_one_step_per_modality_on_every_batch(cli, tm
 def test_fixed_test_fusion():
     method = build_method({"name": "mla", "test_fusion": "fixed", "fixed_weights": [0.3, 0.7]}, ("a", "b"), 2,
                           {"a": 3, "b": 3})
-    out = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))(
+    out = MultimodalClassifier({"a": Ident(3), "b": Ident(3)}, SharedFusion({"a": 3, "b": 3}, 2))(
         {"a": torch.rand(2, 3), "b": torch.rand(2, 3)})
     torch.testing.assert_close(method.predict(out), 0.3 * out.logits["a"] + 0.7 * out.logits["b"])
 
@@ -129,12 +118,7 @@ def test_round_robin_over_modalities():
 
 def test_entropy_weighted_fusion_by_hand():
     za, zb = [2.0, 0.0], [0.5, 0.3]
-
-    def softmax(z):
-        e = [math.exp(v) for v in z]
-        return [v / sum(e) for v in e]
-
-    pa, pb = softmax(za), softmax(zb)
+    pa, pb = softmax(np.array([za, zb]))
     ea, eb = (-sum(p * math.log(p) for p in q) for q in (pa, pb))
     emax = max(ea, eb)
     la = math.exp(emax - ea) / (math.exp(emax - ea) + math.exp(emax - eb))
@@ -147,7 +131,7 @@ def test_entropy_weighted_fusion_by_hand():
     assert mixed == pytest.approx([math.log(la * pa[c] + lb * pb[c]) for c in range(2)], rel=1e-6)
     # the method's prediction is this fusion
     method = build_method({"name": "mla"}, ("a", "b"), 2, {"a": 3, "b": 3})
-    out = MultimodalClassifier({"a": Ident(), "b": Ident()}, SharedFusion({"a": 3, "b": 3}, 2))(
+    out = MultimodalClassifier({"a": Ident(3), "b": Ident(3)}, SharedFusion({"a": 3, "b": 3}, 2))(
         {"a": torch.rand(2, 3), "b": torch.rand(2, 3)})
     assert torch.allclose(method.predict(out), entropy_fusion(out.logits))
 
@@ -157,32 +141,20 @@ def test_shared_fusion_needs_equal_feature_sizes():
         SharedFusion({"a": 3, "b": 4}, 2)
 
 
-def _finite_summary(path):
-    summary = json.loads((path / "summary.json").read_text())
-    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
-    return summary
+def test_end_to_end(cli, tmp_path, joint_twin):
+    cli.train(tmp_path / "r", "--method", "mla")
+    assert train_losses(tmp_path / "r") != joint_twin()
 
 
-def test_end_to_end(tmp_path):
-    argv = ["train", "--method", "mla", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
-            "--set", "model.feature_dim=8", "--set", "train.probe=false", *ONE_THREAD, "--out", str(tmp_path / "r")]
-    assert main(argv) == 0
-    _finite_summary(tmp_path / "r")
+def test_three_modalities(cli, tmp_path, joint_twin):
+    summary = cli.train(tmp_path / "r3", "--method", "mla", "--data", "mfeat:pix+fou+mor")
+    assert set(summary["modalities"]) == {"pix", "fou", "mor"}
+    assert train_losses(tmp_path / "r3") != joint_twin("--data", "mfeat:pix+fou+mor")
 
 
-def test_three_modalities(tmp_path):
-    argv = ["train", "--method", "mla", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
-            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
-            *ONE_THREAD, "--out", str(tmp_path / "r3")]
-    assert main(argv) == 0
-    assert set(_finite_summary(tmp_path / "r3")["modalities"]) == {"pix", "fou", "mor"}
-
-
-def test_resume_continues_exactly(tmp_path, metrics_of):
+def test_resume_continues_exactly(cli, tmp_path, metrics_of):
     """The method's state (checkpointed with the model) makes 2 + 2 epochs equal 4 epochs."""
-    common = ["--method", "mla", "--quiet", "--set", "model.hidden=[16]", "--set", "model.feature_dim=8",
-              "--set", "train.probe=false", *ONE_THREAD]
-    assert main(["train", "--epochs", "4", "--out", str(tmp_path / "full"), *common]) == 0
-    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "part"), *common]) == 0
-    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--epochs", "4", "--quiet"]) == 0
+    cli.train(tmp_path / "full", "--method", "mla", epochs=4)
+    cli.train(tmp_path / "part", "--method", "mla", epochs=2)
+    cli.resume(tmp_path / "part", epochs=4)
     assert metrics_of(tmp_path / "part") == metrics_of(tmp_path / "full")

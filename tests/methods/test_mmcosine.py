@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from modgap.methods import METHODS, StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import FUSIONS
 from modgap.runs import load_checkpoint
+
+from conftest import Enc, train_losses
 
 C = 3
 
@@ -46,12 +47,6 @@ def test_norms_do_not_matter():
     torch.testing.assert_close(fusion(h)[1], fusion(big)[1], rtol=1e-5, atol=1e-5)
 
 
-class Enc(nn.Linear):
-    def __init__(self, i: int, o: int) -> None:
-        super().__init__(i, o)
-        self.out_dim = o
-
-
 def test_method_requires_the_cosine_fusion_and_sets_its_scale():
     assert METHODS.get("mmcosine").fusion == "cosine"
     dims = {"a": 4, "v": 3}
@@ -59,6 +54,8 @@ def test_method_requires_the_cosine_fusion_and_sets_its_scale():
     method = build_method({"name": "mmcosine", "scale": 20.0}, ("a", "v"), C, dims)
     ctx = StepContext(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()))
     assert float(model.fusion.scale) == 10.0   # the released code's default
+    build_method({"name": "joint"}, ("a", "v"), C, dims).on_epoch_start(ctx)
+    assert float(model.fusion.scale) == 10.0   # joint leaves the scale alone
     method.on_epoch_start(ctx)
     assert float(model.fusion.scale) == 20.0
     assert "fusion.scale" in model.state_dict()   # saved with the model, restored on resume
@@ -93,19 +90,19 @@ def test_method_loss_is_ce_of_summed_scaled_cosines_by_hand():
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
-def test_end_to_end(cli, tmp_path):
-    summary = cli.train(tmp_path / "r", "--method", "mmcosine")
-    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+def test_end_to_end(cli, tmp_path, joint_twin):
+    cli.train(tmp_path / "r", "--method", "mmcosine")
+    assert train_losses(tmp_path / "r") != joint_twin()  # scaled-cosine logits, not joint's linear head
     state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
     assert float(state["model"]["fusion.scale"]) == 10.0
     assert any(k.startswith("fusion.weights.") for k in state["model"])
 
 
-def test_three_modalities(cli, tmp_path):
+def test_three_modalities(cli, tmp_path, joint_twin):
     summary = cli.train(tmp_path / "r3", "--method", "mmcosine", "--set", "method.scale=5",
                         "--data", "mfeat:pix+fou+mor", epochs=1)
     assert summary["modalities"] == ["pix", "fou", "mor"]
-    assert all(math.isfinite(v) for part in summary["test"].values() for v in part.values())
+    assert train_losses(tmp_path / "r3") != joint_twin("--data", "mfeat:pix+fou+mor", epochs=1)
 
 
 def test_bad_scale_is_refused(cli, tmp_path):

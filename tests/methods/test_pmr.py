@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from modgap.cli import main
 from modgap.data.base import Batch
 from modgap.methods import StepContext, build_method
 from modgap.methods.pmr import rebalance_coefficients
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import MeanFusion
 
-ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
-
-
-class Ident(nn.Module):
-    out_dim = 2
-
-    def forward(self, x):
-        return x
-
+from conftest import Ident, train_losses
 
 def t(rows):
     return torch.tensor(rows, dtype=torch.float32)
@@ -40,7 +29,7 @@ TRAIN = [  # two batches; features are the inputs (identity encoders)
 
 def setup(**options):
     torch.manual_seed(0)
-    model = MultimodalClassifier({"a": Ident(), "b": Ident()}, MeanFusion({"a": 2, "b": 2}, 2))
+    model = MultimodalClassifier({"a": Ident(2), "b": Ident(2)}, MeanFusion({"a": 2, "b": 2}, 2))
     method = build_method({"name": "pmr", **options}, ("a", "b"), 2, {"a": 2, "b": 2})
     data = {"train": TRAIN}
     asked = []
@@ -100,6 +89,7 @@ def test_scores_ratio_coefficients_and_loss_by_hand():
     cls = float(F.cross_entropy(out.fused, batch.y).detach())
     by_hand = cls + alpha * sum(beta[m] * pce[m] for m in "ab") - mu * sum(gamma[m] * ent[m] for m in "ab")
     assert float(losses.total.detach()) == pytest.approx(by_hand, rel=1e-5)
+    assert abs(by_hand - cls) > 1e-3  # joint's loss would be cls alone
 
     ctx.epoch = 5  # past per_epochs: no entropy term any more
     assert "entropy" not in method.losses(model(batch.inputs), batch, ctx).terms
@@ -177,22 +167,12 @@ def test_three_modality_coefficients_reduce_to_the_pair():
     assert gamma == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.5})
 
 
-def _finite_summary(path):
-    summary = json.loads((path / "summary.json").read_text())
-    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
-    return summary
+def test_end_to_end(cli, tmp_path, joint_twin):
+    cli.train(tmp_path / "r", "--method", "pmr")
+    assert train_losses(tmp_path / "r") != joint_twin()
 
 
-def test_end_to_end(tmp_path):
-    argv = ["train", "--method", "pmr", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
-            "--set", "model.feature_dim=8", "--set", "train.probe=false", *ONE_THREAD, "--out", str(tmp_path / "r")]
-    assert main(argv) == 0
-    _finite_summary(tmp_path / "r")
-
-
-def test_three_modalities(tmp_path):
-    argv = ["train", "--method", "pmr", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
-            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
-            *ONE_THREAD, "--out", str(tmp_path / "r3")]
-    assert main(argv) == 0
-    assert set(_finite_summary(tmp_path / "r3")["modalities"]) == {"pix", "fou", "mor"}
+def test_three_modalities(cli, tmp_path, joint_twin):
+    summary = cli.train(tmp_path / "r3", "--method", "pmr", "--data", "mfeat:pix+fou+mor")
+    assert set(summary["modalities"]) == {"pix", "fou", "mor"}
+    assert train_losses(tmp_path / "r3") != joint_twin("--data", "mfeat:pix+fou+mor")

@@ -4,22 +4,19 @@ rho in rectification; a fresh optimiser state per phase."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from modgap.cli import main
 from modgap.data.base import Batch
 from modgap.methods import StepContext, build_method
 from modgap.methods.reconboost import phase_at, reconcilement_loss
 from modgap.models.classifier import ModelOutput, MultimodalClassifier
 from modgap.models.fusions import MeanFusion
 
-ONE_THREAD = ["--set", "train.threads=1"]  # the CPUs are shared: two torch threads crawl under load
-
+from conftest import train_losses
 
 def test_reconcilement_loss_by_hand():
     z = torch.tensor([[1.0, 0.0, -1.0], [0.2, 0.1, 0.4]], requires_grad=True)
@@ -160,23 +157,12 @@ def test_optimizer_state_is_cleared_when_a_phase_starts():
     assert len(opt.state) > 0
 
 
-def _finite_summary(path):
-    summary = json.loads((path / "summary.json").read_text())
-    assert all(math.isfinite(v) for head in summary["test"].values() for v in head.values())
-    return summary
+def test_end_to_end(cli, tmp_path, joint_twin):
+    cli.train(tmp_path / "r", "--method", "reconboost", "--set", "method.stage_epochs=1", "--set", "method.rectify_epochs=1")
+    assert train_losses(tmp_path / "r") != joint_twin()
 
 
-def test_end_to_end(tmp_path):
-    argv = ["train", "--method", "reconboost", "--epochs", "2", "--quiet", "--set", "model.hidden=[16]",
-            "--set", "model.feature_dim=8", "--set", "train.probe=false", "--set", "method.stage_epochs=1",
-            "--set", "method.rectify_epochs=1", *ONE_THREAD, "--out", str(tmp_path / "r")]
-    assert main(argv) == 0
-    _finite_summary(tmp_path / "r")
-
-
-def test_three_modalities(tmp_path):
-    argv = ["train", "--method", "reconboost", "--data", "mfeat:pix+fou+mor", "--epochs", "2", "--quiet",
-            "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.probe=false",
-            *ONE_THREAD, "--out", str(tmp_path / "r3")]
-    assert main(argv) == 0
-    assert set(_finite_summary(tmp_path / "r3")["modalities"]) == {"pix", "fou", "mor"}
+def test_three_modalities(cli, tmp_path, joint_twin):
+    summary = cli.train(tmp_path / "r3", "--method", "reconboost", "--data", "mfeat:pix+fou+mor")
+    assert set(summary["modalities"]) == {"pix", "fou", "mor"}
+    assert train_losses(tmp_path / "r3") != joint_twin("--data", "mfeat:pix+fou+mor")

@@ -17,7 +17,7 @@ from modgap.methods.umt import UniModalTeacher
 from modgap.models import build_model
 from modgap.runs import load_checkpoint
 
-from conftest import NO_PROBE, TINY
+from conftest import NO_PROBE, TINY, train_losses
 
 MODS = ("a", "b")
 
@@ -83,6 +83,7 @@ def test_stage_two_loss_is_fused_ce_plus_weighted_feature_mse():
     mse = {m: ((out.features[m] - target[m]) ** 2).mean() for m in MODS}
     expected = F.cross_entropy(out.fused, batch.y) + 2.5 * (mse["a"] + mse["b"])
     assert torch.allclose(losses.total, expected)
+    assert float((mse["a"] + mse["b"]).detach()) > 1e-3  # the distillation term: what joint's loss lacks
     assert set(losses.terms) == {"cls", "distill_a", "distill_b"}
     assert all(torch.allclose(losses.terms[f"distill_{m}"], mse[m]) for m in MODS)
     losses.total.backward()
@@ -106,14 +107,9 @@ def test_checkpoint_state_restores_teachers_without_training(monkeypatch):
     assert restored.teachers.val_acc == method.teachers.val_acc
 
 
-def finite_summary(summary: dict) -> None:
-    assert all(math.isfinite(v) for block in summary["test"].values() for v in block.values())
-
-
 def test_end_to_end_and_resume_does_not_train_teachers_again(cli, tmp_path, metrics_of, monkeypatch):
     run = tmp_path / "r"
-    summary = cli.train(run, "--method", "umt", "--set", "method.teacher_epochs=1", epochs=2)
-    finite_summary(summary)
+    cli.train(run, "--method", "umt", "--set", "method.teacher_epochs=1", epochs=2)
     records = metrics_of(run)
     assert set(records[0]["train"]) == {"cls", "distill_pix", "distill_fou", "total"}
     teachers = load_checkpoint(run / "checkpoints" / "last.pt")["method"]["_extra_state"]
@@ -149,7 +145,7 @@ def test_teachers_from_a_ume_run_and_not_from_a_joint_run(cli, tmp_path, monkeyp
 def test_three_modalities(cli, tmp_path):
     summary = cli.train(tmp_path / "r", "--data", "mfeat:pix+fou+mor", "--method", "umt")
     assert summary["modalities"] == ["pix", "fou", "mor"]
-    finite_summary(summary)
+    assert set(train_losses(tmp_path / "r")[0]) == {"cls", "distill_pix", "distill_fou", "distill_mor", "total"}
 
 
 def test_as_a_later_part_it_adds_the_same_distillation_gradient():
@@ -174,8 +170,9 @@ def test_as_a_later_part_it_adds_the_same_distillation_gradient():
 
 
 def test_composes_with_lfm_lb(cli, tmp_path):
-    summary = cli.train(tmp_path / "r", "--method", "lfm-lb+umt", "--set", "method.teacher_epochs=1", epochs=1)
-    assert math.isfinite(summary["test"]["fused"]["acc"])
+    cli.train(tmp_path / "r", "--method", "lfm-lb+umt", "--set", "method.teacher_epochs=1", epochs=1)
+    cli.train(tmp_path / "l", "--method", "lfm-lb", epochs=1)
+    assert train_losses(tmp_path / "r") != train_losses(tmp_path / "l")  # umt's distillation changes lfm-lb's steps
 
 
 class _FixedTeachers:

@@ -23,14 +23,12 @@ from modgap.report.checkpoint import load_trained
 from modgap.report.gradcam import gradcam_maps
 from modgap.report.shapley import modality_shapley, shapley_values, subsets
 
-TINY = ["--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.threads=1",
-        "--set", "train.probe=false", "--quiet"]
-
+from conftest import NO_PROBE, TINY
 
 @pytest.fixture(scope="module")
 def mfeat_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("analyze") / "joint"
-    assert main(["train", "--method", "joint", "--epochs", "3", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--method", "joint", "--epochs", "3", "--out", str(run), *TINY, *NO_PROBE]) == 0
     return run
 
 
@@ -38,7 +36,7 @@ def mfeat_run(tmp_path_factory) -> Path:
 def synth_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("analyze") / "sav"
     assert main(["train", "--data", "synth-av:n=6,size=32,frames=2", "--method", "joint", "--epochs", "1",
-                 "--out", str(run), "--set", "model.width=4", *TINY]) == 0
+                 "--out", str(run), "--set", "model.width=4", *TINY, *NO_PROBE]) == 0
     return run
 
 
@@ -106,14 +104,14 @@ def test_label_mix_targets():
 
 
 def test_label_mix_is_checked(tmp_path, capsys):
-    code = main(["train", "--method", "unimodal", "--set", "method.label_mix=1.5", "--out", str(tmp_path / "r"), *TINY])
+    code = main(["train", "--method", "unimodal", "--set", "method.label_mix=1.5", "--out", str(tmp_path / "r"), *TINY, *NO_PROBE])
     assert code == 2 and "label_mix must be in [0, 1]" in capsys.readouterr().err
 
 
 def test_label_fitting_on_mfeat_writes_the_three_settings(tmp_path, capsys):
     out = tmp_path / "lf"
     assert main(["analyze", "label-fitting", "--data", "mfeat", "--modalities", "pix,fou", "--epochs", "2",
-                 "--seeds", "0", "--out", str(out), *TINY]) == 0
+                 "--seeds", "0", "--out", str(out), *TINY, *NO_PROBE]) == 0
     printed = capsys.readouterr().out
     table = (out / "table.md").read_text()
     assert printed.startswith(table.splitlines()[0])
@@ -146,7 +144,7 @@ def test_label_fitting_on_mfeat_writes_the_three_settings(tmp_path, capsys):
     # a second call reuses the finished runs
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert main(["analyze", "label-fitting", "--data", "mfeat", "--modalities", "pix,fou", "--epochs", "2",
-                 "--seeds", "0", "--out", str(out), *TINY]) == 0
+                 "--seeds", "0", "--out", str(out), *TINY, *NO_PROBE]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")} == stamp
 
 

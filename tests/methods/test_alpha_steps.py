@@ -16,13 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_hypergradient_remedies import method_problem, trainer_step
 from modgap.data.base import Batch
 from modgap.errors import ConfigError
 from modgap.methods import build_method
 from modgap.methods.alpha_steps import AlphaParams, neumann_hypergradient
 from modgap.methods.hypergrad import AlphaLearner, lfm_objective
 from modgap.methods.matching import js_divergence
+
+from conftest import method_problem, trainer_step
 
 
 # ------------------------------------------------------------------------- 1. scale-free steps

@@ -32,7 +32,8 @@ from modgap.data.base import IMAGENET_MEAN, IMAGENET_STD, pixels_to_model  # noq
 from modgap.data.prepare import bundled_split, prepare  # noqa: E402
 from modgap.errors import DataError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO, read_samples, read_skipped
+
 SIZE = 32
 SMALL = {"image_size": SIZE, "preset": "ogmge_stft"}
 OGM_SHAPE = [257, 188]
@@ -82,16 +83,6 @@ def pick(lines: list[str], parse, per_class: int, classes=None) -> list[tuple[st
         if (classes is None or label in classes) and len(chosen[label]) < per_class:
             chosen[label].append(clip)
     return [(c, label) for label, clips in chosen.items() for c in clips]
-
-
-def read_skipped(out: Path) -> dict[str, str]:
-    with (out / "skipped.csv").open(newline="", encoding="utf-8") as f:
-        return {row["id"]: row["reason"] for row in csv.DictReader(f)}
-
-
-def read_samples(out: Path) -> list[dict[str, str]]:
-    with (out / "samples.csv").open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def manifest_of(out: Path) -> dict:
@@ -512,12 +503,15 @@ def test_sound_from_video_with_ffmpeg(tmp_path):
 
 
 # ------------------------------------------------------------------------------ configs
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_config_loads(path):
     from modgap.methods import build_method
 
     config = make_config(path)
-    build_method(config.method, ("audio", "visual"), 6, {"audio": 8, "visual": 8})  # checks method options
+    method = build_method(config.method, ("audio", "visual"), 6, {"audio": 8, "visual": 8})  # checks method options
+    options = {k: v for k, v in config.method.items() if k != "name"}
+    assert method.name == config.method["name"] and options
+    assert {k: getattr(method.options, k) for k in options} == options  # the file's settings are the ones used
     for name in config.methods:  # every method's settings for this dataset build, with --method NAME
         chosen = make_config(path, {"method": {"name": name}})
         assert chosen.method == {"name": name, **config.methods[name]}
@@ -525,5 +519,5 @@ def test_config_loads(path):
 
 
 def test_dataset_configs_exist():
-    names = {p.stem for p in (ROOT / "configs").glob("*.yaml")}
+    names = {p.stem for p in (REPO / "configs").glob("*.yaml")}
     assert {"cremad", "cremad-lfm-released", "kinetics-sounds", "vggsound", "ave"} <= names

@@ -173,7 +173,7 @@ def test_channels_last_layout_and_its_cpu_refusal(tmp_path):
     t = trainer(tmp_path, "plain", "joint", data=SYNTH, model={**MLP, "width": 4})
     batch = next(t.batches("train", True, 0))
     assert batch.inputs["visual"].is_contiguous()
-    assert t._on_device(type(batch)({"visual": y}, batch.y, batch.index)).inputs["visual"].is_contiguous()
+    assert t.assembly.on_device(type(batch)({"visual": y}, batch.y, batch.index)).inputs["visual"].is_contiguous()
     cuda_like = Precision(build(Config, {"train": {"channels_last": True}}).train, torch.device("cuda"))
     reference = t.model.encoders["visual"]
     reference.eval()

@@ -17,34 +17,17 @@ from modgap.cli import main  # noqa: E402
 from modgap.data.prepare import prepare  # noqa: E402
 from modgap.errors import DataError  # noqa: E402
 
+from conftest import REPO, read_samples, read_skipped, save_tiny_bert
+
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 WORDS = ["i", "love", "the", "a", "pizza", "cake", "day", "great", "bad", "game", "rt", "new", "what", "so",
          "apple", "pie", "ribs", "recipe", "with", "and", "fun", "#", ":", "!", ".", "@", "tyga", "pedro", "today"]
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """train.threads=1 (used to keep these runs quick on a busy machine) is process-wide: undo it."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    """A BERT tokenizer (from a small vocab.txt) and a tiny random BERT, saved in one folder."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    root = tmp_path_factory.mktemp("tiny_bert")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8")
-    out = root / "model"
-    BertTokenizer(vocab=str(vocab)).save_pretrained(out)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=160)
-    BertModel(config).save_pretrained(out)
-    return str(out)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), WORDS, max_positions=160)
 
 
 def jpg(path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> Path:
@@ -72,16 +55,6 @@ def train_once(name: str, folder: Path, run: Path, tiny_bert: str) -> dict:
 def api_prepare(name: str, src: Path, out: Path, tiny_bert: str, on_error: str = "stop"):
     return prepare(name, src, out, settings={"image_size": 32, "text_model": tiny_bert, "max_len": 16},
                    on_error=on_error, progress=False)
-
-
-def samples_of(folder: Path) -> list[dict[str, str]]:
-    with (folder / "samples.csv").open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def skipped_of(folder: Path) -> dict[str, str]:
-    with (folder / "skipped.csv").open(newline="", encoding="utf-8") as f:
-        return {r["id"]: r["reason"] for r in csv.DictReader(f)}
 
 
 def decode(tiny_bert: str, ids: np.ndarray) -> str:
@@ -132,7 +105,7 @@ def test_twitter2015_prepare_and_train(tmp_path, tiny_bert):
     assert manifest["modalities"]["text"]["text_model"] == tiny_bert
     assert manifest["modalities"]["image"]["image_size"] == 32
     assert not manifest["val_carved"] and set(manifest["source_files"]) == {"train.tsv", "dev.tsv", "test.tsv"}
-    rows = samples_of(out)
+    rows = read_samples(out)
     assert [(r["id"], r["label"], r["split"]) for r in rows][:4] == [
         ("train-1", "negative", "train"), ("train-2", "neutral", "train"), ("train-3", "positive", "train"),
         ("train-4", "positive", "train")]
@@ -156,9 +129,9 @@ def test_twitter2015_bad_input(tmp_path, tiny_bert):
     message = str(err.value)
     assert "\n" not in message and f"{src / 'train.tsv'}: line 3: label '3'" in message
     report = api_prepare("twitter2015", src, tmp_path / "b", tiny_bert, on_error="skip")
-    skipped = skipped_of(tmp_path / "b")
+    skipped = read_skipped(tmp_path / "b")
     assert set(skipped) == {"train-2", "val-1"} and "404.jpg" in skipped["val-1"]
-    assert len(report.skipped) == 2 and len(samples_of(tmp_path / "b")) == 8
+    assert len(report.skipped) == 2 and len(read_samples(tmp_path / "b")) == 8
     # an empty jpg fails in processing: stop names it, skip records it
     make_twitter(src)
     (src / "twitter2015_images" / "3.jpg").write_bytes(b"")
@@ -166,7 +139,7 @@ def test_twitter2015_bad_input(tmp_path, tiny_bert):
         api_prepare("twitter2015", src, tmp_path / "c", tiny_bert)
     assert "\n" not in str(err.value)
     api_prepare("twitter2015", src, tmp_path / "d", tiny_bert, on_error="skip")
-    assert "not a readable image" in skipped_of(tmp_path / "d")["train-4"]
+    assert "not a readable image" in read_skipped(tmp_path / "d")["train-4"]
     # a malformed row is a format error whatever on_error says
     (src / "test.tsv").write_text("index\t#1 Label\t#2 ImageID\t#3 String\t#3 String\n1\t0\t6.jpg\tno target\n")
     with pytest.raises(DataError, match=r"test\.tsv: line 2 has 4 tab-separated fields"):
@@ -199,7 +172,7 @@ def test_sarcasm_prepare_and_train(tmp_path, tiny_bert):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["not_sarcastic", "sarcastic"]
     assert manifest["notes"]["filtered_by_keyword"] == {"train": 1, "val": 0, "test": 0}
-    rows = {r["id"]: r for r in samples_of(out)}
+    rows = {r["id"]: r for r in read_samples(out)}
     assert "105" not in rows and len(rows) == 10
     # val/test take the last element (the second annotator's label)
     assert rows["203"]["label"] == "not_sarcastic" and rows["303"]["label"] == "sarcastic"
@@ -216,7 +189,7 @@ def test_sarcasm_bad_input(tmp_path, tiny_bert):
         api_prepare("sarcasm", src, tmp_path / "a", tiny_bert)
     assert "\n" not in str(err.value) and f"{src / 'text' / 'train.txt'}: line 2: label 2 is not 0 or 1" in str(err.value)
     api_prepare("sarcasm", src, tmp_path / "b", tiny_bert, on_error="skip")
-    assert set(skipped_of(tmp_path / "b")) == {"102"}
+    assert set(read_skipped(tmp_path / "b")) == {"102"}
     # a missing image: stop names it
     make_sarcasm(src)
     (src / "dataset_image" / "302.jpg").unlink()
@@ -259,7 +232,7 @@ def test_food101_prepare_and_train(tmp_path, tiny_bert):
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["classes"]) == 101 and manifest["classes"][:2] == ["apple_pie", "baby_back_ribs"]
     assert manifest["val_carved"]
-    rows = samples_of(out)
+    rows = read_samples(out)
     splits = [r["split"] for r in rows]
     assert splits.count("test") == 2 and splits.count("val") == 2 and splits.count("train") == 4
     assert {r["id"] for r in rows if r["split"] == "test"} == {"test/apple_pie_3.jpg", "test/baby_back_ribs_3.jpg"}
@@ -286,15 +259,15 @@ def test_food101_bad_input_and_header(tmp_path, tiny_bert):
         api_prepare("food101", src, tmp_path / "b", tiny_bert)
     assert "\n" not in str(err.value)
     api_prepare("food101", src, tmp_path / "c", tiny_bert, on_error="skip")
-    assert set(skipped_of(tmp_path / "c")) == {"train/apple_pie_1.jpg"}
-    assert len(samples_of(tmp_path / "c")) == 7
+    assert set(read_skipped(tmp_path / "c")) == {"train/apple_pie_1.jpg"}
+    assert len(read_samples(tmp_path / "c")) == 7
 
 
 def test_configs_load():
     from modgap.config import make_config
     from modgap.methods import build_method
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = REPO / "configs"
     for name, modalities in (("twitter2015", ("image", "text")), ("sarcasm", ("image", "text")),
                              ("food101", ("image", "text")), ("nvgesture", ("rgb", "depth", "flow"))):
         config = make_config(root / f"{name}.yaml")

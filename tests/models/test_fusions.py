@@ -18,6 +18,8 @@ from modgap.methods import StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import FUSIONS
 
+from conftest import Enc
+
 C = 4
 
 
@@ -91,12 +93,6 @@ def test_concat_heads_has_own_unimodal_heads():
     logits, fused = fusion(h)
     torch.testing.assert_close(fused, fusion.head(torch.cat([h["a"], h["b"]], dim=1)))
     torch.testing.assert_close(logits["b"], fusion.heads["b"](h["b"]))
-
-
-class Enc(nn.Linear):
-    def __init__(self, i: int, o: int) -> None:
-        super().__init__(i, o)
-        self.out_dim = o
 
 
 @pytest.mark.parametrize("name", ["film", "gated"])

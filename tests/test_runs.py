@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import torch
 
 from modgap.errors import RunFolderError
 from modgap.runs import load_checkpoint
+
+from conftest import summary_of
 
 STEPS_PER_EPOCH = 23  # mfeat: 1440 training rows in batches of 64
 # lr drops at epoch 2 and 4 (so the scheduler state must survive a resume)
@@ -21,12 +22,6 @@ VARIANTS = {
     "lfm-lb-official": ["--method", "lfm-lb", "--set", "method.variant=official",
                         "--set", "method.official_lr=0.5", "--set", "method.official_halve_every=2"],
 }
-
-
-def summary_of(run: Path) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
-    summary.pop("wall_s")
-    return summary
 
 
 def alpha_lines(run: Path) -> list[str]:

@@ -1,4 +1,7 @@
-"""Remedies for the short horizon of lfm-lb (issue 8), each checked against an exact reference.
+"""lfm-h and lfm-lb (modgap/methods/lfm.py): what they change against joint, the remedies for the
+short horizon of lfm-lb, and lfm-lb's variant=official against the released formula.
+
+Remedies (issue 8), each checked against an exact reference:
 
 - ``horizon=K``: the forward-mode hypergradient through K optimiser steps equals the central finite
   difference of L_val after re-running the same K real optimiser steps at alpha +- e (float64),
@@ -12,36 +15,26 @@
 from __future__ import annotations
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from test_hypergradient import toy
 from modgap.data.base import Batch
 from modgap.errors import ConfigError
 from modgap.methods import StepContext, build_method
 from modgap.methods.base import evaluation_mode
-from modgap.methods.hypergrad import AlphaLearner, lfm_objective, validation_loss
+from modgap.methods.hypergrad import AlphaLearner, lfm_objective, official_matching_gradient, validation_loss
+from modgap.methods.lfm import LFMLearned
+from modgap.models.classifier import ModelOutput
 
-SCALE = 2.0
+from conftest import (SCALE, lfm_losses as losses, make_optimizer, make_problem, method_problem, trainer_step,
+                      warm)
+
 EPS = 1e-5
-DIMS = [5, 7, 4]
-
-
-def make_problem(num_modalities: int, matching: str, steps: int, seed: int = 0):
-    """A float64 model + matching module, ``steps`` training batches, a validation and a warm-up batch."""
-    modules, batch = toy(num_modalities, matching, seed, DIMS)
-    train = [batch(16, 10 + i) for i in range(steps)]
-    return modules, train, batch(12, 2), batch(16, 3)
-
-
-def losses(modules, batch):
-    model, match = modules
-    x, y = batch
-    out = model(x)
-    return F.cross_entropy(out.fused, y), match(out)
 
 
 def outer_loss(modules, batch, objective="fused", weight=1.0):
@@ -49,27 +42,6 @@ def outer_loss(modules, batch, objective="fused", weight=1.0):
     x, y = batch
     with evaluation_mode(model):
         return validation_loss(model(x), y, objective, weight)
-
-
-def make_optimizer(kind: str, params):
-    # Adam's eps is raised so that a fresh Adam's sign-like first step still depends smoothly on alpha
-    return {
-        "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3),
-        "sgd-nesterov": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.8, weight_decay=1e-3, nesterov=True),
-        "sgd-dampening": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.3, weight_decay=1e-3),
-        "sgd-plain": lambda: torch.optim.SGD(params, lr=0.1),
-        "sgd-maximize": lambda: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3, maximize=True),
-        "adam": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3, eps=1e-3),
-        "adam-maximize": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3, eps=1e-3, maximize=True),
-        "adamw": lambda: torch.optim.AdamW(params, lr=0.01, weight_decay=1e-2, eps=1e-3),
-    }[kind]()
-
-
-def warm(modules, optimizer, batch, steps: int) -> None:
-    for _ in range(steps):
-        optimizer.zero_grad()
-        lfm_objective(*losses(modules, batch), 0.4, SCALE).backward()
-        optimizer.step()
 
 
 def fresh(modules, opt_kind, opt_state):
@@ -217,32 +189,6 @@ def test_hypergradient_momentum_by_hand():
 
 
 # ------------------------------------------- LFMLearned's own hooks, in a loop like the trainer
-def method_problem(options: dict, steps_per_epoch: int = 100, matching: str = "js"):
-    modules, train, val, _ = make_problem(2, matching, 12)
-    model = modules[0]
-    # issue 8's learner (alpha itself, the raw step, the fused objective) unless the options say otherwise
-    base = {"parametrization": "clip", "step": "raw", "val_objective": "fused", "alpha0": 0.5}
-    method = build_method({"name": "lfm-lb", "matching": matching, **base, **options}, ("m0", "m1"), 3,
-                          {"m0": 4, "m1": 4}).double()
-    params = [*model.parameters(), *method.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
-    as_batch = lambda b: Batch(b[0], b[1], torch.arange(len(b[1])))
-    ctx = StepContext(model, optimizer, params, epochs=10, steps_per_epoch=steps_per_epoch,
-                      next_val_batch=lambda: as_batch(val))
-    return model, method, optimizer, params, ctx, [as_batch(b) for b in train], as_batch(val)
-
-
-def trainer_step(model, method, optimizer, ctx, batch, step):
-    """What Trainer.train_step does, hook by hook."""
-    ctx.step, ctx.epoch = step, step // ctx.steps_per_epoch
-    optimizer.zero_grad(set_to_none=True)
-    losses_ = method.losses(model(batch.inputs), batch, ctx)
-    method.backward(losses_, ctx)
-    method.after_backward(ctx)
-    optimizer.step()
-    method.after_step(ctx)
-
-
 @pytest.mark.parametrize("objective", ["fused", "fused+modalities"])
 def test_lfm_lb_hooks_give_the_k_step_hypergradient(objective):
     """every=4, horizon=3: the update after step 8 differentiates through steps 6, 7, 8."""
@@ -366,3 +312,188 @@ def test_remedies_on_two_processes_match_one(tmp_path):
     a, b = runs[1], runs[2]
     assert len(a) == len(b) and np.allclose(a, b, rtol=1e-4, atol=1e-6)
     assert a.max() > a.min(), "alpha moved (the check is not vacuous)"
+
+
+# ------------------------------------------------------------ lfm-lb, variant=official
+# The released code's update of the matching weight, against the released formula.
+#
+# Released code (njustkmg/NeurIPS24-LFM, Crema_epoch_learnable.py: getAlpha_Learnable), on a fixed batch of 8
+# held-out samples, once per epoch:
+#
+#     L = alpha_cls * L_cls + w * L_match                      (no factor 2 here; training uses 2 * (...))
+#     hvp = grad_theta < grad_theta L, stopgrad(grad_theta L_cls) >
+#     g = mean of hvp over the entries of the FIRST parameter tensor
+#     w <- clip(w - lr_e * g, 0.05, 0.95),  lr_e = 1e-4 * 0.5 ** (e // 20) before the training of epoch e
+#
+# The expected numbers here are built from an explicit Hessian of a flat parameter vector and a
+# Jensen-Shannon divergence written out in plain tensor algebra, not from modgap's helpers.
+
+DT = torch.float64
+SHAPES = {"enc_a": (3, 4), "enc_b": (3, 5), "head_a": (2, 3), "head_b": (2, 3)}  # the first tensor: enc_a
+
+
+class Tiny(nn.Module):
+    """Two modalities, tanh encoders, linear heads, mean fusion (the released model's fusion)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        for name, shape in SHAPES.items():
+            self.register_parameter(name, nn.Parameter(torch.randn(*shape, generator=g, dtype=DT)))
+
+    def forward(self, inputs):
+        h = {"a": torch.tanh(inputs["a"] @ self.enc_a.t()), "b": torch.tanh(inputs["b"] @ self.enc_b.t())}
+        z = {"a": h["a"] @ self.head_a.t(), "b": h["b"] @ self.head_b.t()}
+        return ModelOutput(h, z, (z["a"] + z["b"]) / 2)
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    x = {"a": torch.randn(8, 4, generator=g, dtype=DT), "b": torch.randn(8, 5, generator=g, dtype=DT)}
+    return Batch(x, torch.tensor([0, 1, 1, 0, 1, 0, 0, 1]), torch.arange(8))
+
+
+def released_signal(model: Tiny, batch: Batch, alpha_cls: float) -> float:
+    """mean over enc_a of (H g_cls), H the Hessian of alpha_cls * CE + (1 - alpha_cls) * JS (no scale)."""
+    sizes = [math.prod(s) for s in SHAPES.values()]
+
+    def unflat(f):
+        parts = torch.split(f, sizes)
+        return {n: p.view(*SHAPES[n]) for n, p in zip(SHAPES, parts)}
+
+    def losses(f):
+        w = unflat(f)
+        za = torch.tanh(batch.inputs["a"] @ w["enc_a"].t()) @ w["head_a"].t()
+        zb = torch.tanh(batch.inputs["b"] @ w["enc_b"].t()) @ w["head_b"].t()
+        fused = (za + zb) / 2
+        logp = fused - torch.logsumexp(fused, 1, keepdim=True)
+        ce = -logp[torch.arange(len(batch.y)), batch.y].mean()
+        p, q = torch.exp(za) / torch.exp(za).sum(1, keepdim=True), torch.exp(zb) / torch.exp(zb).sum(1, keepdim=True)
+        m = (p + q) / 2
+        js = (0.5 * (p * torch.log(p / m)).sum(1) + 0.5 * (q * torch.log(q / m)).sum(1)).mean()
+        return ce, js
+
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    hessian = torch.autograd.functional.hessian(lambda f: alpha_cls * losses(f)[0] + (1 - alpha_cls) * losses(f)[1], flat)
+    f = flat.clone().requires_grad_(True)
+    g_cls = torch.autograd.grad(losses(f)[0], f)[0]
+    return float((hessian @ g_cls)[: sizes[0]].mean())
+
+
+def context(model: Tiny, batch: Batch, epoch: int) -> StepContext:
+    return StepContext(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()),
+                       epoch=epoch, epochs=200, fixed_val_batch=lambda n: Batch(
+                           {m: v[:n] for m, v in batch.inputs.items()}, batch.y[:n], batch.index[:n]))
+
+
+def official(**options) -> LFMLearned:
+    options = {"variant": "official", **options}
+    return LFMLearned(LFMLearned.Options(**options), ("a", "b"), 2, {"a": 3, "b": 3})
+
+
+def test_signal_is_the_released_hessian_vector_product_on_the_first_tensor():
+    model, batch = Tiny(), data()
+    out = model(batch.inputs)
+    cls = F.cross_entropy(out.fused, batch.y)
+    match = official().matching(out)
+    got = official_matching_gradient(cls, match, 0.05, 1.0, list(model.parameters()))  # scale 1: the released L
+    want = released_signal(model, batch, 0.05)
+    assert abs(want) > 1e-3  # a signal worth comparing
+    assert float(got) == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("epoch, halvings", [(0, 0), (19, 0), (20, 1), (45, 2)])
+def test_update_of_the_matching_weight_at_loss_scale_one(epoch, halvings):
+    """w <- clip(w - lr * 0.5^k * g, 0.05, 0.95), from 0.95; k = epoch // 20 (epoch = modgap's hook epoch)."""
+    model, batch = Tiny(), data()
+    method = official(loss_scale=1.0, official_lr=0.01)
+    g = released_signal(model, batch, 0.05)
+    method.on_epoch_start(context(model, batch, epoch))
+    w = min(max(0.95 - 0.01 * 0.5**halvings * g, 0.05), 0.95)
+    assert 1.0 - method.alpha == pytest.approx(w, rel=1e-9)
+    assert method.learner.last_hypergradient == pytest.approx(g, rel=1e-9)
+
+
+def test_the_matching_weight_is_clipped_to_the_released_bounds():
+    model, batch = Tiny(), data()
+    g = released_signal(model, batch, 0.05)
+    for lr, bound in ((1e6, 0.05 if g > 0 else 0.95), (-1e6, 0.95 if g > 0 else 0.05)):
+        method = official(loss_scale=1.0, official_lr=lr)
+        method.on_epoch_start(context(model, batch, 0))
+        assert 1.0 - method.alpha == pytest.approx(bound)
+
+
+def test_default_update_uses_the_unscaled_objective_as_released():
+    model, batch = Tiny(), data()
+    method = official(official_lr=0.01)  # loss_scale 2, the released training scale
+    g = released_signal(model, batch, 0.05)
+    method.on_epoch_start(context(model, batch, 0))
+    assert 1.0 - method.alpha == pytest.approx(0.95 - 0.01 * g, rel=1e-9)
+
+
+def test_an_update_precedes_the_first_epoch_as_released():
+    model, batch = Tiny(), data()
+    method = official(loss_scale=1.0, official_lr=0.01)
+    g = released_signal(model, batch, 0.05)
+    method.on_epoch_start(context(model, batch, 0))
+    assert 1.0 - method.alpha == pytest.approx(0.95 - 0.01 * g, rel=1e-9)
+
+
+def test_modgap_js_is_the_true_divergence_not_the_released_alignment():
+    """Released Alignment: F.kl_div(p.log(), m) is KL(m || p), so it computes 0.5 (KL(m||p) + KL(m||q)),
+    not JS = 0.5 (KL(p||m) + KL(q||m)); modgap's js is the true JS (the released form is not reproduced)."""
+    za = torch.tensor([[2.0, 0.0, -1.0]], dtype=DT)
+    zb = torch.tensor([[0.0, 1.0, 0.0]], dtype=DT)
+    p, q = torch.softmax(za, 1), torch.softmax(zb, 1)
+    m = (p + q) / 2
+    true_js = float(0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum())
+    released = float(0.5 * (m * (m / p).log()).sum() + 0.5 * (m * (m / q).log()).sum())
+    got = float(official().matching(ModelOutput({}, {"a": za, "b": zb}, (za + zb) / 2)))
+    assert got == pytest.approx(true_js, rel=1e-12)
+    assert abs(released - true_js) > 1e-2
+
+
+# ------------------------------------------------------ what lfm-h and lfm-lb change against joint
+def js_by_hand(za: torch.Tensor, zb: torch.Tensor) -> float:
+    """Jensen-Shannon divergence of the two modalities' softmaxes, batch mean, in plain tensor algebra."""
+    p, q = torch.softmax(za, 1), torch.softmax(zb, 1)
+    m = (p + q) / 2
+    return float((0.5 * (p * (p / m).log()).sum(1) + 0.5 * (q * (q / m).log()).sum(1)).mean())
+
+
+def test_lfm_h_weighs_matching_by_its_schedule_where_joint_has_classification_alone():
+    """L = 2 (alpha CE + (1 - alpha) JS), alpha = 1 - w(epoch) of the paper's schedule; joint: CE."""
+    from modgap.config import ModelConfig
+    from modgap.methods.schedules import matching_weight
+    from modgap.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"a": (5,), "b": (3,)}, 3, ModelConfig(hidden=(8,), feature_dim=4))
+    batch = Batch({"a": torch.randn(16, 5), "b": torch.randn(16, 3)}, torch.randint(0, 3, (16,)), torch.arange(16))
+    method = build_method({"name": "lfm-h"}, ("a", "b"), 3, {"a": 4, "b": 4})
+    ctx = StepContext(model, None, list(model.parameters()), epoch=3, epochs=10)
+    method.on_epoch_start(ctx)
+    w = matching_weight("paper", 3, 10)
+    assert 0 < w < 1 and method.alpha == pytest.approx(1 - w)
+    out = model(batch.inputs)
+    cls = float(F.cross_entropy(out.fused, batch.y).detach())
+    js = js_by_hand(out.logits["a"].detach(), out.logits["b"].detach())
+    total = float(method.losses(out, batch, ctx).total.detach())
+    assert total == pytest.approx(2 * ((1 - w) * cls + w * js), rel=1e-5)
+    assert abs(total - cls) > 1e-3
+
+
+def test_lfm_lb_moves_alpha_from_its_start_and_weighs_matching_by_it():
+    """After a few steps the learned alpha is no longer alpha0, and the loss is s (alpha CE + (1 - alpha) JS)."""
+    model, method, optimizer, _, ctx, train, _ = method_problem({"every": 1, "lr_alpha": 1.0})
+    assert method.alpha == 0.5
+    for step in range(3):
+        trainer_step(model, method, optimizer, ctx, train[step], step)
+    alpha = method.alpha
+    assert abs(alpha - 0.5) > 1e-4
+    out = model(train[3].inputs)
+    cls = float(F.cross_entropy(out.fused, train[3].y).detach())
+    js = js_by_hand(out.logits["m0"].detach(), out.logits["m1"].detach())
+    total = float(method.losses(out, train[3], ctx).total.detach())
+    assert total == pytest.approx(SCALE * (alpha * cls + (1 - alpha) * js), rel=1e-9)
+    assert abs(total - cls) > 1e-3  # joint's loss

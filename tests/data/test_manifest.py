@@ -21,29 +21,12 @@ from modgap.data.nvgesture import FlowKind, quantise_flow  # noqa: E402
 from modgap.data.prepare import prepare  # noqa: E402
 from modgap.errors import ConfigError, DataError  # noqa: E402
 
+from conftest import read_samples, read_skipped, save_tiny_bert
+
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 TRAIN_ARGS = ["--epochs", "1", "--set", "model.width=4", "--set", "data.batch_size=4", "--quiet",
               "--set", "train.probe=false", "--set", "train.threads=1"]
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """train.threads=1 (used to keep these runs quick on a busy machine) is process-wide: undo it."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-
-def skipped_of(folder: Path) -> dict[str, str]:
-    with (folder / "skipped.csv").open(newline="", encoding="utf-8") as f:
-        return {r["id"]: r["reason"] for r in csv.DictReader(f)}
-
-
-def samples_of(folder: Path) -> list[dict[str, str]]:
-    with (folder / "samples.csv").open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
 
 # ------------------------------------------------------------------------------------- nvgesture
 def write_video(path: Path, frames: int, colour: bool, shift: int, step: int = 2) -> None:
@@ -117,7 +100,7 @@ def test_nvgesture_prepared_arrays(nvgesture):
     # ranges of 10 frames: 4 stored frames each, 4 flow fields of the 9 consecutive pairs
     for m in mods:
         assert np.load(out / f"{m}.count.npy").tolist() == [4] * 8
-    rows = samples_of(out)
+    rows = read_samples(out)
     assert rows[0]["id"] == "class_01/subject1_r0" and rows[0]["label"] == "class_01"
     assert sorted(r["split"] for r in rows) == ["test"] * 2 + ["train"] * 4 + ["val"] * 2
     # the square moves right (about 1.6 px a frame at 32 px): x flow above 128, y flow about 128
@@ -147,7 +130,7 @@ def test_nvgesture_bad_input(tmp_path):
     assert "\n" not in str(err.value) and f"{lst}: line 2: label '26' is not one of 1..25" in str(err.value)
     prepare("nvgesture", src, tmp_path / "b", settings={"image_size": 16, "max_frames": 2}, progress=False,
             on_error="skip")
-    skipped = skipped_of(tmp_path / "b")
+    skipped = read_skipped(tmp_path / "b")
     assert set(skipped) == {"class_01/subject1_r1", "class_01/subject9_r0"}
     assert "subject9_r0/sk_color.avi: listed in nvgesture_test_correct_cvpr2016_v2.lst line 1 but missing" in \
         skipped["class_01/subject9_r0"]
@@ -171,20 +154,12 @@ def test_flow_kind_refuses_flips():
 
 
 # -------------------------------------------------------------------------------------- manifest
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "cat", "dog", "photo", "of", "the"]
+WORDS = ["a", "red", "blue", "cat", "dog", "photo", "of", "the"]
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    pytest.importorskip("transformers")
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    root = tmp_path_factory.mktemp("tiny_bert_m")
-    (root / "vocab.txt").write_text("\n".join(WORDS) + "\n", encoding="utf-8")
-    BertTokenizer(vocab=str(root / "vocab.txt")).save_pretrained(root / "model")
-    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=80)).save_pretrained(root / "model")
-    return str(root / "model")
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_m"), WORDS, max_positions=80)
 
 
 def make_files(root: Path, n: int = 8) -> list[list[str]]:
@@ -261,7 +236,7 @@ def test_manifest_prepare_command_and_carved_test(tmp_path, tiny_bert):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"] == "manifest" and manifest["notes"]["test_carved"]
     assert {m: e["kind"] for m, e in manifest["modalities"].items()} == {"photo": "image", "note": "text"}
-    splits = [r["split"] for r in samples_of(out)]
+    splits = [r["split"] for r in read_samples(out)]
     assert splits.count("test") == 2 and splits.count("val") == 2 and splits.count("train") == 6
     data = load_dataset(data_config(f"manifest:{out}"))
     assert data.input_shape("photo") == (3, 16, 16) and data.input_shape("note") == (2, 8)
@@ -306,7 +281,7 @@ def test_manifest_bad_samples_stop_or_skip(tmp_path, tiny_bert, capsys):
     data = load_dataset(data_config(f"manifest:{path}", *sets, "data.on_error=skip"))
     assert "skipped 4 row(s)" in capsys.readouterr().err
     assert len(data.ids) == 6 and data.classes == ["cat", "dog"]
-    skipped = skipped_of(data.root)
+    skipped = read_skipped(data.root)
     assert set(skipped) == {"s3", "s5", "s7", "s8"}
     assert f"{tmp_path / 'txt' / '3.txt'}: not UTF-8 text" in skipped["s3"]
     assert f"{path}: line 7, column 'photo': {tmp_path / 'img' / 'missing.jpg'}: file not found" == skipped["s5"]

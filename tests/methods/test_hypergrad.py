@@ -16,41 +16,14 @@ import copy
 import pytest
 import torch
 
-from modgap.config import ModelConfig
 from modgap.methods.hypergrad import AlphaLearner, lfm_objective, official_matching_gradient
-from modgap.methods.matching import MATCHING
-from modgap.models import build_model
 
-SCALE = 2.0
-
-
-def toy(num_modalities: int, matching: str, seed: int = 0, dims=(5, 7, 4)):
-    """A float64 model + matching module, and batch(n, seed) of float64 inputs with 3 classes."""
-    torch.manual_seed(seed)
-    dims = list(dims)[:num_modalities]
-    names = [f"m{i}" for i in range(num_modalities)]
-    model = build_model({n: (d,) for n, d in zip(names, dims)}, 3,
-                        ModelConfig(encoder="mlp", hidden=(6,), feature_dim=4)).double()
-    match = MATCHING.get(matching)({n: 4 for n in names}, 3, 3, 0.5).double()
-
-    def batch(n: int, s: int):
-        g = torch.Generator().manual_seed(s)
-        x = {name: torch.randn(n, d, generator=g, dtype=torch.float64) for name, d in zip(names, dims)}
-        return x, torch.randint(0, 3, (n,), generator=g)
-
-    return torch.nn.ModuleList([model, match]), batch
+from conftest import SCALE, float64_toy as toy, lfm_losses as losses, make_optimizer, warm
 
 
 def make_problem(num_modalities: int, matching: str, seed: int = 0):
     modules, batch = toy(num_modalities, matching, seed)
     return modules, batch(16, 1), batch(12, 2), batch(16, 3)
-
-
-def losses(modules, batch):
-    model, match = modules
-    x, y = batch
-    out = model(x)
-    return torch.nn.functional.cross_entropy(out.fused, y), match(out)
 
 
 def val_loss(modules, batch):
@@ -60,29 +33,6 @@ def val_loss(modules, batch):
     loss = torch.nn.functional.cross_entropy(model(x).fused, y)
     model.train()
     return loss
-
-
-def make_optimizer(kind: str, params):
-    # Adam's eps is raised from 1e-8 so that a fresh Adam's first, sign-like step still depends
-    # smoothly on alpha (otherwise the hypergradient is ~1e-8 and the finite difference is noise).
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
-    if kind == "sgd-nesterov":
-        return torch.optim.SGD(params, lr=0.1, momentum=0.8, weight_decay=1e-3, nesterov=True)
-    if kind == "sgd-plain":
-        return torch.optim.SGD(params, lr=0.1)
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=0.01, weight_decay=1e-3, eps=1e-3)
-    return torch.optim.AdamW(params, lr=0.01, weight_decay=1e-2, eps=1e-3)
-
-
-def warm(modules, optimizer, batch, steps: int) -> None:
-    """Give the optimiser a non-trivial state (momentum buffers, Adam moments)."""
-    for _ in range(steps):
-        optimizer.zero_grad()
-        cls, match = losses(modules, batch)
-        lfm_objective(cls, match, 0.4, SCALE).backward()
-        optimizer.step()
 
 
 def lookahead(modules, opt_kind, opt_state, train, val, alpha: float) -> float:

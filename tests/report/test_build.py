@@ -19,12 +19,10 @@ from modgap.report.build import run_info
 from modgap.report.tables import aggregate, read_summaries
 from modgap.train.metrics import modality_gap
 
-TINY = ["--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.threads=1",
-        "--set", "train.probe=false", "--quiet"]
-
+from conftest import NO_PROBE, TINY
 
 def _train(out: Path, *extra: str, epochs: int = 3) -> dict:
-    assert main(["train", "--epochs", str(epochs), "--out", str(out), *TINY, *extra]) == 0
+    assert main(["train", "--epochs", str(epochs), "--out", str(out), *TINY, *NO_PROBE, *extra]) == 0
     return json.loads((out / "summary.json").read_text())
 
 
