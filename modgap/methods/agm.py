@@ -39,8 +39,8 @@ from typing import Any, cast
 
 import torch
 
-from ..errors import ConfigError, closest
-from .base import Losses, StepContext, cross_entropy, evaluation_mode, register, tensor_sum
+from ..errors import ConfigError
+from .base import Losses, StepContext, check_choice, cross_entropy, evaluation_mode, register, tensor_sum
 from .joint import Joint, auxiliary_loss
 
 ZERO_MODES = ("inputs", "features")
@@ -138,10 +138,8 @@ class AGM(Joint):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if options.zero not in ZERO_MODES:
-            raise ConfigError(f"unknown method.zero '{options.zero}'{closest(options.zero, ZERO_MODES)}")
-        if options.target not in TARGETS:
-            raise ConfigError(f"unknown method.target '{options.target}'{closest(options.target, TARGETS)}")
+        check_choice(options, "zero", ZERO_MODES)
+        check_choice(options, "target", TARGETS)
         if options.alpha < 0:
             raise ConfigError("method.alpha of agm must be >= 0")
         if options.grad_clip < 0:

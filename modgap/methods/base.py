@@ -20,7 +20,7 @@ Each method declares an ``Options`` dataclass; ``method.*`` config keys are chec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import build
 from ..data.base import Batch
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 from ..models.classifier import ModelOutput, MultimodalClassifier
 from ..registry import Registry
 
@@ -209,6 +209,14 @@ def options_of(cls: type[Method]) -> dict[str, Any]:
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
+
+
+def check_choice(options: Any, key: str, choices: Sequence[str]) -> None:
+    """Option ``key`` of a method's ``options`` must be one of ``choices``: otherwise one line naming
+    ``method.<key>``, the value and the closest valid choice."""
+    value = getattr(options, key)
+    if value not in choices:
+        raise ConfigError(f"unknown method.{key} '{value}'{closest(str(value), choices)}")
 
 
 def tensor_sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from ..data.base import Batch
-from ..errors import ConfigError, closest
+from ..errors import ConfigError
 from ..models.classifier import MultimodalClassifier
-from .base import Losses, Method, StepContext, cross_entropy, register, tensor_sum
+from .base import Losses, Method, StepContext, check_choice, cross_entropy, register, tensor_sum
 from .joint import auxiliary_loss
 
 TINY = 1e-30
@@ -174,15 +174,8 @@ class Greedy(Method):
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.threshold < 0 or options.window < 1 or options.warmup_epochs < 0:
             raise ConfigError("method.threshold and method.warmup_epochs must be >= 0, method.window >= 1")
-        if options.normal_loss not in NORMAL_LOSS:
-            raise ConfigError(
-                f"unknown method.normal_loss '{options.normal_loss}'{closest(options.normal_loss, NORMAL_LOSS)}"
-            )
-        if options.rebalance_loss not in REBALANCE_LOSS:
-            raise ConfigError(
-                f"unknown method.rebalance_loss '{options.rebalance_loss}'"
-                f"{closest(options.rebalance_loss, REBALANCE_LOSS)}"
-            )
+        check_choice(options, "normal_loss", NORMAL_LOSS)
+        check_choice(options, "rebalance_loss", REBALANCE_LOSS)
         self.switch = RebalanceSwitch(options.threshold, options.window)
         self.cumulative = [0.0] * len(modalities)
         """mu_m: accumulated relative gradient norms of each encoder over the normal steps."""

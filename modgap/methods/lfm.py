@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from ..data.base import Batch
-from ..errors import ConfigError, closest
+from ..errors import ConfigError
 from .alpha_steps import PAPER_SLOPE, neumann_hypergradient
-from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register
+from .base import Losses, Method, StepContext, check_choice, cross_entropy, evaluation_mode, register
 from .hypergrad import VAL_OBJECTIVES, AlphaLearner, lfm_objective, official_matching_gradient, validation_loss
 from .matching import MATCHING
 from .schedules import SCHEDULES
@@ -155,8 +155,7 @@ class LFMLearned(LFMBase):
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
         o = options
-        if o.variant not in VARIANTS:
-            raise ConfigError(f"unknown method.variant '{o.variant}'{closest(o.variant, VARIANTS)}")
+        check_choice(o, "variant", VARIANTS)
         if o.neumann_steps < 0 or o.neumann_lr < 0:
             raise ConfigError("method.neumann_steps and method.neumann_lr must be >= 0")
         if o.variant == "implicit" and (o.horizon != 1 or o.hyper_momentum):
@@ -165,10 +164,7 @@ class LFMLearned(LFMBase):
             raise ConfigError("method.every and method.official_batch must be >= 1, method.lr_alpha >= 0")
         if o.horizon < 1 or o.warmup < 0 or o.val_modality_weight < 0:
             raise ConfigError("method.horizon must be >= 1, method.warmup and method.val_modality_weight >= 0")
-        if o.val_objective not in VAL_OBJECTIVES:
-            raise ConfigError(
-                f"unknown method.val_objective '{o.val_objective}'{closest(o.val_objective, VAL_OBJECTIVES)}"
-            )
+        check_choice(o, "val_objective", VAL_OBJECTIVES)
         if o.variant == "official":
             remedies = {"horizon": 1, "hyper_momentum": 0.0, "warmup": 0}  # val_objective, step: not used
             changed = [k for k, v in remedies.items() if getattr(o, k) != v]

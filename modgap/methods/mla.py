@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, closest
+from ..errors import ConfigError
 from ..models.classifier import ModelOutput
 from ..models.fusions import SharedFusion
-from .base import Losses, Method, StepContext, cross_entropy, register
+from .base import Losses, Method, StepContext, check_choice, cross_entropy, register
 
 COMBINE = ("logits", "probs")
 ORDERS = ("store_first", "project_first")
@@ -127,16 +127,10 @@ class MLA(Method):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if options.combine not in COMBINE:
-            raise ConfigError(f"unknown method.combine '{options.combine}'{closest(options.combine, COMBINE)}")
-        if options.alternate not in ALTERNATE:
-            raise ConfigError(f"unknown method.alternate '{options.alternate}'{closest(options.alternate, ALTERNATE)}")
-        if options.owm_order not in ORDERS:
-            raise ConfigError(f"unknown method.owm_order '{options.owm_order}'{closest(options.owm_order, ORDERS)}")
-        if options.test_fusion not in TEST_FUSIONS:
-            raise ConfigError(
-                f"unknown method.test_fusion '{options.test_fusion}'{closest(options.test_fusion, TEST_FUSIONS)}"
-            )
+        check_choice(options, "combine", COMBINE)
+        check_choice(options, "alternate", ALTERNATE)
+        check_choice(options, "owm_order", ORDERS)
+        check_choice(options, "test_fusion", TEST_FUSIONS)
         if options.fixed_weights and len(options.fixed_weights) != len(modalities):
             raise ConfigError(f"mla: method.fixed_weights needs one weight per modality ({len(modalities)})")
         if options.owm_alpha < 0 or options.owm_alpha_decay <= 0:

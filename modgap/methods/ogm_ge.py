@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, closest
-from .base import StepContext, register
+from ..errors import ConfigError
+from .base import StepContext, check_choice, register
 from .joint import Joint
 from .scores import modality_scores
 
@@ -100,12 +100,8 @@ class OGMGE(Joint):
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.alpha < 0 or options.offset < 0:
             raise ConfigError("method.alpha and method.offset of ogm-ge must be >= 0")
-        if options.params not in PARAMS:
-            raise ConfigError(f"unknown method.params '{options.params}' of ogm-ge{closest(options.params, PARAMS)}")
-        if options.noise_std not in NOISE_STD:
-            raise ConfigError(
-                f"unknown method.noise_std '{options.noise_std}' of ogm-ge{closest(options.noise_std, NOISE_STD)}"
-            )
+        check_choice(options, "params", PARAMS)
+        check_choice(options, "noise_std", NOISE_STD)
         self.noise_seed = int(torch.initial_seed()) % (2**31)
         self.last_scores: dict[str, float] = {}
         self.last_coefficients: dict[str, float] = {m: 1.0 for m in modalities}

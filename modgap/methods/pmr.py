@@ -33,8 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, closest
-from .base import Losses, Method, StepContext, cross_entropy, evaluation_mode, register, tensor_sum
+from ..errors import ConfigError
+from .base import Losses, Method, StepContext, check_choice, cross_entropy, evaluation_mode, register, tensor_sum
 
 DISTANCES = ("euclidean", "squared")
 RULES = ("released", "paper")
@@ -117,14 +117,9 @@ class PMR(Method):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if options.distance not in DISTANCES:
-            raise ConfigError(f"unknown method.distance '{options.distance}'{closest(options.distance, DISTANCES)}")
-        if options.rule not in RULES:
-            raise ConfigError(f"unknown method.rule '{options.rule}'{closest(options.rule, RULES)}")
-        if options.proto_pass not in PROTO_PASSES:
-            raise ConfigError(
-                f"unknown method.proto_pass '{options.proto_pass}'{closest(options.proto_pass, PROTO_PASSES)}"
-            )
+        check_choice(options, "distance", DISTANCES)
+        check_choice(options, "rule", RULES)
+        check_choice(options, "proto_pass", PROTO_PASSES)
         if not 0.0 < options.proto_fraction <= 1.0:
             raise ConfigError("pmr: method.proto_fraction must lie in (0, 1]")
         if not 0.0 <= options.momentum < 1.0:

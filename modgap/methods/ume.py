@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, closest
-from .base import register
+from ..errors import ConfigError
+from .base import check_choice, register
 from .unimodal import Unimodal
 
 COMBINE = ("logits", "probs")
@@ -40,8 +40,7 @@ class UniModalEnsemble(Unimodal):
 
     def __init__(self, options, modalities, num_classes, feature_dims) -> None:
         super().__init__(options, modalities, num_classes, feature_dims)
-        if options.combine not in COMBINE:
-            raise ConfigError(f"unknown method.combine '{options.combine}'{closest(options.combine, COMBINE)}")
+        check_choice(options, "combine", COMBINE)
         self._loss_seen = False
 
     def losses(self, out, batch, ctx):

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, closest
-from .base import Losses, Method, StepContext, cross_entropy, register
+from ..errors import ConfigError
+from .base import Losses, Method, StepContext, check_choice, cross_entropy, register
 from .joint import auxiliary_loss
 from .teachers import FORMAT, SELECT, Teachers, read_teacher_state
 
@@ -53,10 +53,7 @@ class UniModalTeacher(Method):
         super().__init__(options, modalities, num_classes, feature_dims)
         if options.distill_weight < 0 or options.teacher_epochs < 0:
             raise ConfigError("method.distill_weight and method.teacher_epochs must be >= 0")
-        if options.teacher_select not in SELECT:
-            raise ConfigError(
-                f"unknown method.teacher_select '{options.teacher_select}'{closest(options.teacher_select, SELECT)}"
-            )
+        check_choice(options, "teacher_select", SELECT)
         self.teachers: Teachers | None = None
         self._restored: dict[str, Any] | None = None
         self._own_loss = False
