@@ -300,7 +300,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         check_method_settings(config.methods)
     except ConfigError as exc:
-        raise ConfigError(f"{args.config}: {exc}" if args.config else str(exc)) from None
+        from_flags = any(item.startswith("methods.") for item in args.set)  # else the file holds the bad entry
+        raise ConfigError(f"{args.config}: {exc}" if args.config and not from_flags else str(exc)) from None
     check_method_options(config.method)  # and so does a mistyped method.* key
     summary = train(config, out=args.out or config.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table

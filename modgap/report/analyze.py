@@ -235,15 +235,7 @@ def label_fitting_figure(curves, table, modalities, mix):
             rows = {r["labels"]: r for r in table if r["modality"] == mod}
             means = [rows[n][key] for n in names]
             stds = [rows[n][f"{key}_std"] for n in names]
-            ax.bar(
-                pos + (k - (len(modalities) - 1) / 2) * width,
-                means,
-                width,
-                yerr=stds,
-                capsize=3,
-                label=mod,
-                color=colors[mod],
-            )
+            plots.grouped_bar(ax, pos, k, len(modalities), width, means, stds, label=mod, color=colors[mod])
         ax.set_xticks(pos, [_slug(n) for n in names])
         ax.set(title=title, xlabel="labels", ylabel=title.split(" (")[0].lower() if key != "train_fit_kl" else "KL")
         if key != "train_fit_kl":

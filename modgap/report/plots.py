@@ -89,6 +89,11 @@ def plot_series(ax, x, y, label: str, gid: str, **style):
     return line
 
 
+def grouped_bar(ax, pos: np.ndarray, k: int, groups: int, width: float, means, stds, **style):
+    """Bar ``k`` of ``groups`` side-by-side bars of ``width`` at each x in ``pos``, with error bars."""
+    return ax.bar(pos + (k - (groups - 1) / 2) * width, means, width, yerr=stds, capsize=3, **style)
+
+
 def empty_panel(ax, text: str, title: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True, fontsize=9)
     ax.set_title(title)
@@ -594,12 +599,14 @@ def bench_accuracy_figure(agg: dict[str, dict[str, dict[str, Any]]]) -> Figure:
     for k, method in enumerate(methods):
         means = [agg[d][method]["acc"][0] if method in agg[d] else NAN for d in datasets]
         stds = [agg[d][method]["acc"][1] if method in agg[d] else NAN for d in datasets]
-        bars = ax.bar(
-            pos + (k - (len(methods) - 1) / 2) * width,
-            means,
+        bars = grouped_bar(
+            ax,
+            pos,
+            k,
+            len(methods),
             width,
-            yerr=stds,
-            capsize=3,
+            means,
+            stds,
             label=method,
             color=COLORS[k % len(COLORS)],
             error_kw={"elinewidth": 1},
@@ -648,15 +655,8 @@ def bench_modality_figure(agg: dict[str, dict[str, dict[str, Any]]]) -> Figure:
         for k, name in enumerate(names):
             means = [agg[d][m]["acc"][0] if name == "fused" else agg[d][m]["modalities"][name][0] for m in methods]
             stds = [agg[d][m]["acc"][1] if name == "fused" else agg[d][m]["modalities"][name][1] for m in methods]
-            ax.bar(
-                pos + (k - (len(names) - 1) / 2) * width,
-                means,
-                width,
-                yerr=stds,
-                capsize=3,
-                label=name,
-                color=colors[name],
-                error_kw={"elinewidth": 1},
+            grouped_bar(
+                ax, pos, k, len(names), width, means, stds, label=name, color=colors[name], error_kw={"elinewidth": 1}
             )
             data[d][name] = {"methods": methods, "mean": means, "std": stds}
         ax.set_xticks(pos, methods, rotation=0 if len(methods) < 5 else 20)
