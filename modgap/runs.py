@@ -4,6 +4,7 @@
     splits.json        the ids of each split
     metrics.jsonl      one JSON object per finished epoch
     alpha.csv          alpha after every optimiser step (methods that have an alpha)
+    scalars.csv        every value a method reports after each optimiser step (Method.scalars), long format
     summary.json       the final record
     checkpoints/       last.pt (and last.prev.pt, the one before it) and best.pt
 
@@ -43,6 +44,7 @@ CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.json"
 METRICS_FILE = "metrics.jsonl"
 ALPHA_FILE = "alpha.csv"
+SCALARS_FILE = "scalars.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
@@ -50,7 +52,7 @@ PREVIOUS = "last.prev.pt"
 BEST = "best.pt"
 LOCK_FILE = ".lock"
 
-UNSTARTED_LEFTOVERS = (CONFIG_FILE, SPLITS_FILE, METRICS_FILE, ALPHA_FILE, LOCK_FILE)
+UNSTARTED_LEFTOVERS = (CONFIG_FILE, SPLITS_FILE, METRICS_FILE, ALPHA_FILE, SCALARS_FILE, LOCK_FILE)
 """What a run killed before its first checkpoint leaves: with no checkpoint to resume from, these
 are removed and the run starts over (``RunFolder.clear_unstarted``)."""
 
@@ -245,23 +247,28 @@ class RunFolder:
 
     def truncate_logs(self, epochs_done: int, steps_done: int, total_steps: int | None = None) -> None:
         """On resume: keep only what the checkpoint already accounts for. ``total_steps`` (when the
-        resume changes the number of epochs) rewrites alpha.csv's progress column for the new total."""
+        resume changes the number of epochs) rewrites the per-step logs' progress column for the new total."""
         kept = [r for r in self.read_metrics() if r["epoch"] < epochs_done]
         with writing(self.path / METRICS_FILE):
             atomic_write_text(self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-        alpha = self.path / ALPHA_FILE
-        if alpha.exists():
-            with writing(alpha), alpha.open(newline="") as f:
+        for name in (ALPHA_FILE, SCALARS_FILE):
+            path = self.path / name
+            if not path.exists():
+                continue
+            with writing(path), path.open(newline="", encoding="utf-8") as f:
                 rows = list(csv.reader(f))
-                good = [
-                    r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) <= steps_done
-                ]  # steps count from 1
-                if total_steps:
-                    good = [[r[0], r[1], f"{int(r[0]) / total_steps:.6f}", r[3]] for r in good]
-                atomic_write_text(alpha, "".join(",".join(r) + "\n" for r in [rows[0], *good]))
+            if not rows:
+                continue
+            width = len(rows[0])
+            good = [r for r in rows[1:] if len(r) == width and r[0].isdigit() and int(r[0]) <= steps_done]  # from 1
+            if total_steps:
+                good = [[r[0], r[1], f"{int(r[0]) / total_steps:.6f}", *r[3:]] for r in good]
+            with writing(path):
+                atomic_write_text(path, _csv_text([rows[0], *good]))
 
-    def alpha_writer(self) -> AlphaLog:
-        return AlphaLog(self.path / ALPHA_FILE)
+    def step_logs(self) -> StepLogs:
+        """The per-step logs (alpha.csv, scalars.csv), appended to by the trainer."""
+        return StepLogs(self.path)
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         try:
@@ -317,26 +324,69 @@ class RunFolder:
             )
 
 
-class AlphaLog:
-    """alpha.csv: step, epoch, progress (epoch fraction of the run), alpha; appended and flushed per epoch."""
+def _csv_text(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[str] = []
-        if not path.exists():
-            with writing(path):
-                atomic_write_text(path, "step,epoch,progress,alpha\n")
 
-    def add(self, step: int, epoch: int, progress: float, alpha: float) -> None:
-        self.rows.append(f"{step},{epoch},{progress:.6f},{alpha:.8g}\n")
+class StepLogs:
+    """The two per-step logs of a run, appended once per epoch (after the epoch's steps, before its
+    checkpoint, so a resume finds at least what the checkpoint accounts for and truncates the rest):
+
+    - scalars.csv: step, epoch, progress (epoch fraction of the run), name, value; one row per value
+      a method reports after a step (``Method.scalars``: alpha, OGM-GE's k/<m>, G-Blend's weights, ...);
+    - alpha.csv: step, epoch, progress, alpha; the protocol's file, for methods that report an alpha.
+
+    A file is created with its header on the first row it gets: a method that reports nothing
+    leaves neither."""
+
+    HEADERS = {
+        SCALARS_FILE: ["step", "epoch", "progress", "name", "value"],
+        ALPHA_FILE: ["step", "epoch", "progress", "alpha"],
+    }
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.rows: dict[str, list[list[str]]] = {name: [] for name in self.HEADERS}
+
+    def add(self, step: int, epoch: int, progress: float, scalars: dict[str, float]) -> None:
+        where = [str(step), str(epoch), f"{progress:.6f}"]
+        self.rows[SCALARS_FILE].extend([*where, k, f"{v:.8g}"] for k, v in scalars.items())
+        if "alpha" in scalars:
+            self.rows[ALPHA_FILE].append([*where, f"{scalars['alpha']:.8g}"])
 
     def flush(self) -> None:
-        if self.rows:
-            with writing(self.path), self.path.open("a", encoding="utf-8") as f:
-                f.writelines(self.rows)
+        for name, rows in self.rows.items():
+            if not rows:
+                continue
+            path = self.folder / name
+            if not path.exists():
+                with writing(path):
+                    atomic_write_text(path, _csv_text([self.HEADERS[name]]))
+            with writing(path), path.open("a", encoding="utf-8", newline="") as f:
+                f.write(_csv_text(rows))
                 f.flush()
                 os.fsync(f.fileno())
-            self.rows = []
+            self.rows[name] = []
+
+
+def read_scalars(folder: Path) -> dict[str, dict[str, list[float]]]:
+    """scalars.csv of a run folder as name -> columns (step, epoch, progress, value); {} without one."""
+    path = Path(folder) / SCALARS_FILE
+    series: dict[str, dict[str, list[float]]] = {}
+    if not path.exists():
+        return series
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                values = {k: float(row[k]) for k in ("step", "epoch", "progress", "value")}
+            except (KeyError, TypeError, ValueError):
+                continue  # a line cut short by a crash
+            cols = series.setdefault(row["name"], {k: [] for k in values})
+            for k, v in values.items():
+                cols[k].append(v)
+    return series
 
 
 def process_alive(pid: int) -> bool:

@@ -4,7 +4,7 @@ The kill points come from modgap/faults.py (MODGAP_FAULT="point:count"): each ki
 subprocess that SIGKILLs itself there. After each kill the run folder must hold only whole files (every
 checkpoint passes its checksum, summary/config/splits parse, metrics lines are whole) plus, at most,
 ``.*.tmp`` leftovers and the stale ``.lock``; the resume cleans both away and the final summary (timing
-excluded), metrics.jsonl and alpha.csv equal those of an uninterrupted run with the same seed.
+excluded), metrics.jsonl, alpha.csv and scalars.csv equal those of an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
@@ -42,15 +42,21 @@ def command(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "modgap", *argv]
 
 
-def alpha_rows(run: Path) -> list[tuple[str, ...]]:
-    path = run / "alpha.csv"
+def step_rows(run: Path, name: str) -> list[tuple[str, ...]]:
+    """alpha.csv or scalars.csv without its progress column (the 3rd)."""
+    path = run / name
     if not path.exists():
         return []
-    return [tuple(line.split(",")[i] for i in (0, 1, 3)) for line in path.read_text().splitlines()]
+    return [tuple(r[:2] + r[3:]) for r in (line.split(",") for line in path.read_text().splitlines())]
 
 
 def outcome(run: Path) -> dict:
-    return {"summary": summary_of(run), "metrics": read_metrics(run), "alpha": alpha_rows(run)}
+    return {
+        "summary": summary_of(run),
+        "metrics": read_metrics(run),
+        "alpha": step_rows(run, "alpha.csv"),
+        "scalars": step_rows(run, "scalars.csv"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,7 @@ def assert_only_whole_files(run: Path, torn_tail_ok: bool = False) -> list[str]:
             json.loads(path.read_text())
         elif name == "config.yaml":
             assert isinstance(yaml.safe_load(path.read_text()), dict)
-        elif name in ("metrics.jsonl", "alpha.csv"):
+        elif name in ("metrics.jsonl", "alpha.csv", "scalars.csv"):
             lines = path.read_text().splitlines()
             if torn_tail_ok and lines and not path.read_text().endswith("\n"):
                 lines = lines[:-1]  # an append cut short by the kill: cut back on resume
@@ -89,7 +95,7 @@ def assert_only_whole_files(run: Path, torn_tail_ok: bool = False) -> list[str]:
                 if name == "metrics.jsonl":
                     json.loads(line)
                 else:
-                    assert line.count(",") == 3, line
+                    assert line.count(",") == (3 if name == "alpha.csv" else 4), line
         else:
             pytest.fail(f"unexpected file in the run folder: {path}")
     return leftovers
@@ -103,6 +109,7 @@ def resume_and_compare(cli_main, run: Path, expected: dict, epochs: int = EPOCHS
     assert got["summary"] == expected["summary"]
     assert got["metrics"] == expected["metrics"]
     assert got["alpha"] == expected["alpha"]
+    assert got["scalars"] == expected["scalars"]
 
 
 def killed_at(run: Path, method: str, fault: str) -> tuple[str, list[str]]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modgap.errors import RunFolderError
-from modgap.runs import load_checkpoint
+from modgap.runs import RunFolder, load_checkpoint, read_scalars
 
 from conftest import summary_of
 
@@ -21,16 +21,22 @@ VARIANTS = {
     "lfm-lb": ["--method", "lfm-lb", "--set", "method.every=4", "--set", "method.lr_alpha=5"],
     "lfm-lb-official": ["--method", "lfm-lb", "--set", "method.variant=official",
                         "--set", "method.official_lr=0.5", "--set", "method.official_halve_every=2"],
+    "ogm-ge": ["--method", "ogm-ge", "--set", "method.alpha=0.5"],  # reports k/<m> but has no alpha
 }
+HAS_ALPHA = {"lfm-lb", "lfm-lb-official"}
 
 
 def alpha_lines(run: Path) -> list[str]:
     return (run / "alpha.csv").read_text().splitlines()
 
 
+def scalar_lines(run: Path) -> list[str]:
+    return (run / "scalars.csv").read_text().splitlines()
+
+
 def without_progress(lines: list[str]) -> list[tuple[str, ...]]:
-    """alpha.csv rows as (step, epoch, alpha)."""
-    return [(r[0], r[1], r[3]) for r in (line.split(",") for line in lines)]
+    """alpha.csv or scalars.csv rows without their progress column (the 3rd)."""
+    return [tuple(r[:2] + r[3:]) for r in (line.split(",") for line in lines)]
 
 
 def model_state(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
@@ -84,13 +90,19 @@ def test_resume_equals_uninterrupted(cli, tmp_path, variant, metrics_of):
     assert (sa["best_epoch"], sa["test"], sa["test_last"], sa["val"]) == (sb["best_epoch"], sb["test"], sb["test_last"], sb["val"])
     assert sa == sb
     assert_same_weights(full, parts)
-    if variant != "joint":
+    if variant in HAS_ALPHA:
         la, lb = alpha_lines(full), alpha_lines(parts)
         assert len(la) == 1 + 6 * STEPS_PER_EPOCH
         assert without_progress(la) == without_progress(lb)
         assert len({row[2] for row in without_progress(la)[1:]}) > 1  # alpha did move
     else:
         assert not (parts / "alpha.csv").exists()
+    if variant != "joint":
+        sa_rows, sb_rows = without_progress(scalar_lines(full)), without_progress(scalar_lines(parts))
+        assert sa_rows == sb_rows and len(sa_rows) > 6 * STEPS_PER_EPOCH
+        assert len({row[3] for row in sa_rows[1:]}) > 1  # the reported values did move
+    else:
+        assert not (parts / "scalars.csv").exists()
     assert not (parts / ".lock").exists()
 
 
@@ -101,6 +113,7 @@ def test_resume_with_more_epochs_keeps_alpha_csv_identical(cli, tmp_path):
     cli.train(parts, *args, epochs=2)
     cli.resume(parts, epochs=4)
     assert alpha_lines(full) == alpha_lines(parts)
+    assert scalar_lines(full) == scalar_lines(parts)  # progress column rewritten for the new total
 
 
 # ----------------------------------------------------------------------------- crash recovery
@@ -114,6 +127,12 @@ def add_crash_debris(run: Path, epochs_done: int) -> None:
             for step in range(first, first + 7):
                 f.write(f"{step},{epochs_done},0.500000,0.123\n")
             f.write(f"{first + 7},{epochs_done},0.5")  # cut short
+    if (run / "scalars.csv").exists():
+        first = epochs_done * STEPS_PER_EPOCH + 1
+        with (run / "scalars.csv").open("a") as f:
+            for step in range(first, first + 5):
+                f.write(f"{step},{epochs_done},0.500000,k/x,0.123\n")
+            f.write(f"{first + 5},{epochs_done},0.5")  # cut short
 
 
 def test_resume_after_crash_debris(cli, tmp_path, variant, metrics_of):
@@ -126,9 +145,12 @@ def test_resume_after_crash_debris(cli, tmp_path, variant, metrics_of):
     assert metrics_of(full) == metrics_of(crashed)
     assert summary_of(full) == summary_of(crashed)
     assert_same_weights(full, crashed)
-    if variant != "joint":
+    if variant in HAS_ALPHA:
         assert without_progress(alpha_lines(full)) == without_progress(alpha_lines(crashed))
         assert all(line.count(",") == 3 for line in alpha_lines(crashed))
+    if variant != "joint":
+        assert scalar_lines(full) == scalar_lines(crashed)
+        assert all(line.count(",") == 4 for line in scalar_lines(crashed))
 
 
 def test_resume_after_real_interrupt_mid_epoch(cli, tmp_path, monkeypatch, metrics_of):
@@ -161,7 +183,34 @@ def test_resume_after_real_interrupt_mid_epoch(cli, tmp_path, monkeypatch, metri
     assert metrics_of(full) == metrics_of(crashed)
     assert summary_of(full) == summary_of(crashed)
     assert alpha_lines(full) == alpha_lines(crashed)
+    assert scalar_lines(full) == scalar_lines(crashed)
     assert_same_weights(full, crashed)
+
+
+def test_step_logs_write_truncate_and_read_back(tmp_path):
+    run = RunFolder(tmp_path)
+    logs = run.step_logs()
+    logs.add(1, 0, 0.25, {"k/a": 0.5, "k/b": 1.0})
+    logs.flush()
+    assert not (tmp_path / "alpha.csv").exists()  # created by the first alpha only
+    logs.add(2, 0, 0.5, {"alpha": 0.4, "k/a": 0.75})
+    logs.add(3, 1, 0.75, {"alpha": 0.3})
+    logs.flush()
+    assert (tmp_path / "alpha.csv").read_text() == "step,epoch,progress,alpha\n2,0,0.500000,0.4\n3,1,0.750000,0.3\n"
+    assert read_scalars(tmp_path) == {
+        "k/a": {"step": [1, 2], "epoch": [0, 0], "progress": [0.25, 0.5], "value": [0.5, 0.75]},
+        "k/b": {"step": [1], "epoch": [0], "progress": [0.25], "value": [1.0]},
+        "alpha": {"step": [2, 3], "epoch": [0, 1], "progress": [0.5, 0.75], "value": [0.4, 0.3]},
+    }
+    with (tmp_path / "scalars.csv").open("a") as f:
+        f.write("4,1,1.0,k/a")  # cut short by a crash: skipped when read, dropped on resume
+    assert read_scalars(tmp_path)["k/a"]["step"] == [1, 2]
+    run.truncate_logs(epochs_done=1, steps_done=2, total_steps=8)
+    assert (tmp_path / "alpha.csv").read_text() == "step,epoch,progress,alpha\n2,0,0.250000,0.4\n"
+    assert (tmp_path / "scalars.csv").read_text().splitlines() == [
+        "step,epoch,progress,name,value", "1,0,0.125000,k/a,0.5", "1,0,0.125000,k/b,1", "2,0,0.250000,alpha,0.4",
+        "2,0,0.250000,k/a,0.75",
+    ]
 
 
 # --------------------------------------------------------------------------- corrupt checkpoint

@@ -148,6 +148,7 @@ class AGM(Joint):
         self.count = 0
         self.last_scores: dict[str, float] = {}
         self.last_coefficients: dict[str, float] = {m: 1.0 for m in modalities}
+        self.applied: dict[str, float] = {}
         self._scaled_in_loss = False
 
     def active(self, epoch: int) -> bool:
@@ -183,6 +184,7 @@ class AGM(Joint):
         self.last_scores = {m: float(v) for m, v in zip(scores, reduced, strict=True)}
         coeffs = agm_coefficients(self.last_scores, self.averages, self.options.alpha, self.options.clip)
         self.last_coefficients = coeffs
+        self.applied = coeffs if self.active(ctx.epoch) else {m: 1.0 for m in self.modalities}
         self.count += 1
         t = self.count
         self.averages = {m: self.averages[m] * (t - 1) / t + self.last_scores[m] / t for m in self.modalities}
@@ -227,6 +229,10 @@ class AGM(Joint):
         weights = [p.grad for p in ctx.model.fusion.parameters() if p.grad is not None and p.grad.dim() >= 2]
         if weights and max(float(g.abs().max()) for g in weights) > c:
             torch.nn.utils.clip_grad_norm_([p for p in ctx.params if p.grad is not None], max_norm=c)
+
+    def scalars(self) -> dict[str, float]:
+        """k/<modality>: the coefficient on the step's gradients of that modality (1 outside the window)."""
+        return {f"k/{m}": k for m, k in self.applied.items()}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"averages": dict(self.averages), "count": self.count}

@@ -154,14 +154,20 @@ class Method(nn.Module):
     def predict(self, out: ModelOutput) -> torch.Tensor:
         return out.fused
 
-    @property
-    def alpha(self) -> float | None:
-        """The weight on classification, for methods that have one (logged per step)."""
-        return None
+    # ---- what a method shows of itself --------------------------------------------------------
+    def scalars(self) -> dict[str, float]:
+        """The values this method set for the step just taken, by name, logged after every optimiser
+        step in scalars.csv (and in the progress bar and metrics.jsonl at the end of each epoch).
+        Names in use: ``alpha`` (the weight on classification; also alpha.csv and the summary, as the
+        run-folder contract asks), ``k/<modality>`` (a gradient coefficient), ``weight/<head>``,
+        ``beta/<modality>``. Called once per step: return plain floats already at hand."""
+        return {}
 
-    def projections(self, out: ModelOutput) -> dict[str, torch.Tensor] | None:
-        """Features in a shared space, for methods that learn one (used for the modality gap)."""
-        return None
+    def eval_outputs(self, out: ModelOutput) -> dict[str, torch.Tensor]:
+        """Arrays, one row per example, that evaluation should keep besides logits and features, by
+        name. ``projection/<modality>`` (features in a learned shared space) gives the modality gap
+        of that space in the diagnostics and the summary."""
+        return {}
 
 
 METHODS: Registry[type[Method]] = Registry("method")

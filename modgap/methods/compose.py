@@ -1,10 +1,12 @@
 """Composition: ``--method a+b`` runs several methods' hooks in one training step.
 
-The first method defines the loss, the backward pass, the prediction and alpha (e.g. lfm-lb); the
-others add what acts on gradients, steps and epochs (e.g. ogm-ge's per-encoder modulation):
+The first method defines the loss, the backward pass and the prediction (e.g. lfm-lb); the others
+add what acts on gradients, steps and epochs (e.g. ogm-ge's per-encoder modulation):
 
-    losses, backward, predict, alpha, projections   -> the first method
+    losses, backward, predict                       -> the first method
     after_backward, after_step, on_epoch_*          -> every method, in order
+    scalars, eval_outputs                           -> every method's, merged (a name two parts
+                                                       report is kept as <method name>/<name>)
 
 Options go to the method whose Options declare them; a key two of them declare must be given as
 ``method.<method name>.<key>`` (e.g. --set method.ogm-ge.alpha=0.3).
@@ -75,12 +77,21 @@ class Composite(Method):
     def predict(self, out):
         return self.first.predict(out)
 
-    @property
-    def alpha(self):
-        return next((p.alpha for p in self.parts if p.alpha is not None), None)
+    def scalars(self):
+        return _merged(self.parts, lambda p: p.scalars())
 
-    def projections(self, out):
-        return self.first.projections(out)
+    def eval_outputs(self, out):
+        return _merged(self.parts, lambda p: p.eval_outputs(out))
+
+
+def _merged(parts, values) -> dict[str, Any]:
+    """The parts' named values in one dict; a name an earlier part already gave is kept as
+    ``<method name>/<name>``, so nothing is lost and the first part's names stay as they are."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in values(part).items():
+            merged[f"{part.name}/{key}" if key in merged else key] = value
+    return merged
 
 
 def check_method_options(spec: dict[str, Any]) -> list[tuple[type[Method], Any]]:

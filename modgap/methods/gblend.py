@@ -119,6 +119,10 @@ class GBlend(Method):
         self.last_measured = -1
         self.history: list[dict[str, Any]] = []
 
+    def scalars(self) -> dict[str, float]:
+        """weight/<head>: the blending weight of the fused head and of each modality's head."""
+        return {f"weight/{k}": w for k, w in self.weights.items()}
+
     # ---- the loss ----------------------------------------------------------------------------
     def losses(self, out, batch, ctx) -> Losses:
         ce = {FUSED: cross_entropy(out.fused, batch.y)}

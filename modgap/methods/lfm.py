@@ -65,8 +65,11 @@ class LFMBase(Method):
         total = lfm_objective(cls, match, self.alpha, self.options.loss_scale)
         return Losses(total, {"cls": cls, "match": match})
 
-    def projections(self, out):
-        return self.matching.project(out)
+    def scalars(self) -> dict[str, float]:
+        return {"alpha": self.alpha}
+
+    def eval_outputs(self, out):
+        return {f"projection/{m}": u for m, u in (self.matching.project(out) or {}).items()}
 
 
 @register

@@ -105,6 +105,7 @@ class OGMGE(Joint):
         self.noise_seed = int(torch.initial_seed()) % (2**31)
         self.last_scores: dict[str, float] = {}
         self.last_coefficients: dict[str, float] = {m: 1.0 for m in modalities}
+        self.applied: dict[str, float] = {}
 
     def active(self, epoch: int) -> bool:
         return self.options.modulation_starts <= epoch <= self.options.modulation_ends
@@ -117,6 +118,7 @@ class OGMGE(Joint):
         self.last_scores = {m: float(v) for m, v in zip(scores, reduced, strict=True)}
         coeffs = modulation_coefficients(self.last_scores, self.options.alpha, self.options.offset)
         self.last_coefficients = coeffs
+        self.applied = coeffs if self.active(ctx.epoch) else {m: 1.0 for m in self.modalities}
         if not self.active(ctx.epoch):
             return
         generator = None
@@ -134,6 +136,11 @@ class OGMGE(Joint):
                     noise = torch.randn(grad.shape, generator=generator, device=grad.device, dtype=grad.dtype)
                     grad = grad + noise * (std + 1e-8)
                 p.grad = grad
+
+    def scalars(self) -> dict[str, float]:
+        """k/<modality>: the coefficient the step's encoder gradients were multiplied by (1 outside
+        the modulation window)."""
+        return {f"k/{m}": k for m, k in self.applied.items()}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"noise_seed": self.noise_seed}

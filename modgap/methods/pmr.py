@@ -197,6 +197,7 @@ class PMR(Method):
         o = self.options
         active = bool(self.proto_ready) and o.modulation_starts <= ctx.epoch <= o.modulation_ends
         if not active:
+            self.last = {}
             return Losses(cls, {"cls": cls})
         logits = {m: prototype_logits(out.features[m], self.prototypes(m), o.distance) for m in self.modalities}
         scores = self.scores(logits, batch.y, ctx)
@@ -213,6 +214,10 @@ class PMR(Method):
             terms["entropy"] = per
         self.last = {"scores": scores, "beta": beta, "gamma": gamma}
         return Losses(total, terms)
+
+    def scalars(self) -> dict[str, float]:
+        """beta/<modality>: the weight of that modality's prototype loss (while it is applied)."""
+        return {f"beta/{m}": b for m, b in self.last.get("beta", {}).items()}
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModgapError, RunFolderError
-from ..runs import ALPHA_FILE, METRICS_FILE, RunFolder, atomic_write_text
+from ..runs import ALPHA_FILE, METRICS_FILE, RunFolder, atomic_write_text, read_scalars
 from . import plots
 from .html import Page
 
@@ -163,6 +163,19 @@ def run_sections(
         )
     else:
         page.paragraph(f"Method {info['method']} has no alpha (no alpha.csv).", note=True)
+
+    own = {name: cols for name, cols in read_scalars(run).items() if name != "alpha"}
+    if own:
+        page.heading(f"{title_prefix}The method's own values", h)
+        _add_figure(
+            page,
+            plots.method_scalars(own, title=f"{info['method']}: values it set after each step"),
+            out / "scalars.png",
+            "What the method itself set after every optimiser step (scalars.csv): k/<modality> a "
+            "gradient coefficient (OGM-GE, AGM), weight/<head> a loss weight (G-Blend), "
+            "beta/<modality> a prototype-loss weight (PMR).",
+            figs,
+        )
 
     page.heading(f"{title_prefix}Balance during training", h)
     _add_figure(

@@ -306,6 +306,26 @@ def alpha_curves(runs: Sequence[tuple[str, dict[str, list[float]]]], title: str 
     return fig
 
 
+def method_scalars(series: Mapping[str, Mapping[str, Sequence[float]]], title: str = "") -> Figure:
+    """The values a method reports after each step (scalars.csv) against training progress, one panel
+    per kind of name (the part before '/': k, weight, beta, ...) and one line per name in it."""
+    kinds: dict[str, list[str]] = {}
+    for name in series:
+        kinds.setdefault(name.split("/", 1)[0], []).append(name)
+    fig = new_figure(6.5, 2.8 * len(kinds) + 0.6)
+    axes = fig.subplots(len(kinds), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, (kind, names) in zip(axes, kinds.items(), strict=True):
+        for name in names:
+            plot_series(ax, series[name]["progress"], series[name]["value"], name, f"scalars.csv::{name}", lw=1.2)
+        ax.set(ylabel=kind, xlim=(0, 1))
+        ax.grid(alpha=0.3)
+        _legend(ax, outside=len(names) > 4)
+    axes[-1].set_xlabel("training progress (epoch / #epochs)")
+    fig.suptitle(title or "the method's own values during training")
+    fig.modgap_data = {"names": list(series)}
+    return fig
+
+
 def alpha_by_method(groups: Mapping[str, Mapping[str, Sequence[dict[str, list[float]]]]], points: int = 200) -> Figure:
     """alpha(t) of each method next to the others, one panel per dataset: the mean over its runs
     (seeds) on a common grid of training progress, with the band from the lowest to the highest run.

@@ -145,9 +145,8 @@ def evaluate(run: Assembly, batches: Iterable[Batch]) -> EvalResult:
         for m in modalities:
             acc.add(f"logits/{m}", out.logits[m])
             acc.add(f"features/{m}", out.features[m])
-        projected = run.method.projections(out)
-        for m, u in (projected or {}).items():
-            acc.add(f"projection/{m}", u)
+        for name, values in run.method.eval_outputs(out).items():
+            acc.add(name, values)
     acc.gather(run.dist.gather_arrays)
     y = acc.get("y").astype(np.int64)
     metrics = {"fused": classification_metrics(acc.get("fused"), y)}

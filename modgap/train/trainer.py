@@ -217,7 +217,7 @@ class Trainer:
         cfg = self.config
         epochs = cfg.train.epochs
         main = self.dist.is_main
-        alpha_log = self.run.alpha_writer() if self.method.alpha is not None and main else None
+        step_logs = self.run.step_logs() if main else None
         bar = tqdm(
             total=epochs * self.ctx.steps_per_epoch,
             initial=self.state.epoch * self.ctx.steps_per_epoch,
@@ -248,12 +248,10 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + v * n
                     seen += n
                     self.state.step += 1
-                    if alpha_log is not None:
-                        alpha = self.method.alpha
-                        assert alpha is not None  # alpha_log exists only for a method with an alpha
-                        alpha_log.add(
-                            self.state.step, epoch, self.state.step / (epochs * self.ctx.steps_per_epoch), alpha
-                        )
+                    scalars = self.method.scalars()
+                    if step_logs is not None and scalars:
+                        progress = self.state.step / (epochs * self.ctx.steps_per_epoch)
+                        step_logs.add(self.state.step, epoch, progress, scalars)
                     bar.update()
                     fault_point("train_step")
             seen, sums = self._global_sums(seen, sums)
@@ -271,7 +269,8 @@ class Trainer:
             record = {
                 "epoch": epoch,
                 "lr": lr,
-                "alpha": self.method.alpha,
+                "alpha": (epoch_scalars := self.method.scalars()).get("alpha"),
+                **({"scalars": epoch_scalars} if epoch_scalars else {}),
                 "train": {k: v / max(seen, 1) for k, v in sums.items()},
                 "val": val,
                 "test": test,
@@ -282,8 +281,8 @@ class Trainer:
                 record["diagnostics"] = self._epoch_diagnostics(val_eval.outputs)
             # order matters for a crash at any point: logs first, then best, then last (which resumes)
             if main:
-                if alpha_log is not None:
-                    alpha_log.flush()
+                if step_logs is not None:
+                    step_logs.flush()
                 self.run.append_metrics(record)
                 state = self.state_dict()
                 if improved and cfg.train.checkpoint_best:
@@ -293,7 +292,7 @@ class Trainer:
             bar.set_postfix(
                 loss=f"{record['train'].get('total', record['train'].get('cls', 0)):.3f}",
                 val=f"{val['fused']['acc']:.3f}",
-                **({"alpha": f"{self.method.alpha:.3f}"} if self.method.alpha is not None else {}),
+                **{k: f"{v:.3f}" for k, v in epoch_scalars.items()},
             )
         bar.close()
         return self.finish()
@@ -406,19 +405,21 @@ class Trainer:
     # ---- the end of the run ------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Test at the best epoch, probes and gap; written by the main process, returned by all."""
-        self._alpha_last = self.method.alpha
+        alpha_last = self.method.scalars().get("alpha")
         best_state = self.run.load("best.pt") if (self.run.checkpoints / "best.pt").exists() else None
         if best_state is not None:
             self.model.load_state_dict(best_state["model"])
             self.method.load_state_dict(best_state["method"])
         train_out = self.evaluate("train").outputs
         test_out = self.evaluate("test").outputs
-        summary = self._summary(train_out, test_out) if self.dist.is_main else None
+        summary = self._summary(train_out, test_out, alpha_last) if self.dist.is_main else None
         summary = self.dist.broadcast(summary)
         self.dist.barrier()  # no process leaves while another still reads from it (gloo aborts on a reset)
         return summary
 
-    def _summary(self, train_out: OutputAccumulator, test_out: OutputAccumulator) -> dict[str, Any]:
+    def _summary(
+        self, train_out: OutputAccumulator, test_out: OutputAccumulator, alpha_last: float | None
+    ) -> dict[str, Any]:
         records = self.run.read_metrics()
         by_epoch = {r["epoch"]: r for r in records}
         last = records[-1]
@@ -450,8 +451,8 @@ class Trainer:
             "val": best["val"],
             "probe": probe,
             "gap": gap,
-            "alpha_final": self._alpha_last,
-            "alpha_best": self.method.alpha,
+            "alpha_final": alpha_last,
+            "alpha_best": self.method.scalars().get("alpha"),
             "imbalance_test": imbalance_ratio({m: best["test"][m]["acc"] for m in self.data.modalities}),
             "wall_s": round(self.state.wall_s, 2),
             "epochs": self.state.epoch,

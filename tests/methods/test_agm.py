@@ -13,6 +13,7 @@ from modgap.methods.agm import agm_coefficients, mono_responses, response_scores
 from modgap.methods import StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import FUSIONS
+from modgap.runs import read_scalars
 
 from conftest import Enc, joint_gradients, train_losses
 
@@ -185,8 +186,13 @@ def test_released_gradient_clipping():
 
 
 def test_end_to_end(cli, tmp_path, joint_twin):
-    cli.train(tmp_path / "r", "--method", "agm")
+    summary = cli.train(tmp_path / "r", "--method", "agm")
     assert train_losses(tmp_path / "r") != joint_twin()  # the re-weighted steps train another model
+    # scalars.csv: k/<m> after every step, moving
+    series = read_scalars(tmp_path / "r")
+    assert set(series) == {f"k/{m}" for m in summary["modalities"]}
+    for k in series.values():
+        assert len(set(k["value"])) > 1 and all(0 < v < math.inf for v in k["value"])
 
 
 def test_three_modalities(cli, tmp_path, joint_twin):

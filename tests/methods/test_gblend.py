@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from modgap.data.base import Batch
 from modgap.methods import StepContext, build_method
 from modgap.methods.gblend import ogr_weights
 from modgap.models.classifier import ModelOutput
+from modgap.runs import read_scalars
 
 from conftest import train_losses
 
@@ -113,8 +115,16 @@ def test_estimate_uses_train_and_val_only_and_updates_at_window_ends():
 
 
 def test_end_to_end(cli, tmp_path, joint_twin):
-    cli.train(tmp_path / "r", "--method", "gblend", "--set", "method.estimate_every=1")
+    summary = cli.train(tmp_path / "r", "--method", "gblend", "--set", "method.estimate_every=1")
     assert train_losses(tmp_path / "r") != joint_twin()
+    # scalars.csv: the blending weights after every step, estimated (before the first one too), sum 1
+    series = read_scalars(tmp_path / "r")
+    assert set(series) == {"weight/fused", *(f"weight/{m}" for m in summary["modalities"])}
+    for step in (0, -1):
+        weights = [w["value"][step] for w in series.values()]
+        assert sum(weights) == pytest.approx(1, abs=1e-6) and weights != pytest.approx([1 / 3] * 3)
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["scalars"] == pytest.approx({k: w["value"][-1] for k, w in series.items()}, rel=1e-7)
 
 
 def test_three_modalities(cli, tmp_path, joint_twin):

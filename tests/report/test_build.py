@@ -17,6 +17,7 @@ from modgap.cli import main
 from modgap.report import plots
 from modgap.report.build import run_info
 from modgap.report.tables import aggregate, read_summaries
+from modgap.runs import read_scalars
 from modgap.train.metrics import modality_gap
 
 from conftest import NO_PROBE, TINY
@@ -116,6 +117,21 @@ def test_alpha_plot_is_progress_against_alpha_of_alpha_csv(lfm_run):
     assert_same(line.get_ydata(), [float(r["alpha"]) for r in rows])
     ax = fig.axes[0]
     assert "progress" in ax.get_xlabel() and "alpha" in ax.get_ylabel()
+
+
+def test_a_methods_own_values_are_plotted_from_scalars_csv(tmp_path):
+    run = tmp_path / "ogm"
+    _train(run, "--method", "lfm-lb+ogm-ge", "--set", "method.alpha=0.5", epochs=2)
+    series = read_scalars(run)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--no-model"]) == 0
+    side = json.loads(plots.sidecar_path(tmp_path / "rep" / "scalars.png").read_text())
+    lines = {line["gid"]: line for ax in side["axes"] for line in ax["lines"]}
+    assert set(lines) == {"scalars.csv::k/pix", "scalars.csv::k/fou"}  # alpha has its own figure
+    for gid, line in lines.items():
+        name = gid.split("::", 1)[1]
+        assert_same(line["x"], series[name]["progress"])
+        assert_same(line["y"], series[name]["value"])
+    assert (tmp_path / "rep" / "alpha.png").exists()
 
 
 def test_identical_features_have_zero_gap_and_the_picture_says_so():
