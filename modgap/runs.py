@@ -4,7 +4,7 @@
     splits.json        the ids of each split
     metrics.jsonl      one JSON object per finished epoch
     alpha.csv          alpha after every optimiser step (methods that have an alpha)
-    scalars.csv        every value a method reports after each optimiser step (Method.scalars), long format
+    scalars.csv        every per-step value (loss terms, Method.scalars), long format
     summary.json       the final record
     checkpoints/       last.pt (and last.prev.pt, the one before it) and best.pt
 
@@ -335,11 +335,11 @@ class StepLogs:
     checkpoint, so a resume finds at least what the checkpoint accounts for and truncates the rest):
 
     - scalars.csv: step, epoch, progress (epoch fraction of the run), name, value; one row per value
-      a method reports after a step (``Method.scalars``: alpha, OGM-GE's k/<m>, G-Blend's weights, ...);
+      of a step: its loss terms (loss/<term>) and what the method reports (``Method.scalars``: alpha,
+      OGM-GE's k/<m>, G-Blend's weights, ...);
     - alpha.csv: step, epoch, progress, alpha; the protocol's file, for methods that report an alpha.
 
-    A file is created with its header on the first row it gets: a method that reports nothing
-    leaves neither."""
+    A file is created with its header on the first row it gets (no alpha.csv without an alpha)."""
 
     HEADERS = {
         SCALARS_FILE: ["step", "epoch", "progress", "name", "value"],

@@ -108,6 +108,13 @@ def joint_twin(cli, _joint_runs):
     return twin
 
 
+def method_values(run: Path) -> dict[str, dict[str, list[float]]]:
+    """scalars.csv of a run without the trainer's loss/<term> rows: what the method itself reported."""
+    from modgap.runs import read_scalars
+
+    return {name: cols for name, cols in read_scalars(run).items() if not name.startswith("loss/")}
+
+
 def summary_of(run: Path) -> dict:
     """summary.json without its wall-clock time (the one field two equal runs differ in)."""
     summary = json.loads((run / "summary.json").read_text())

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from modgap.methods.schedules import matching_weight
+from modgap.runs import read_scalars
 
 from conftest import REPO
 
@@ -192,6 +194,15 @@ def test_run_folder_contract(cli, tmp_path):
         assert row["progress"] == pytest.approx(row["step"] / total, abs=1e-6)
     for r in records:
         assert r["alpha"] == pytest.approx(rows[(r["epoch"] + 1) * STEPS_PER_EPOCH - 1]["alpha"], rel=1e-6)
+    # scalars.csv: every step's loss terms (their batch-weighted epoch means are metrics.jsonl's) and alpha
+    series = read_scalars(run)
+    assert set(series) == {"alpha", "loss/cls", "loss/match", "loss/total"}
+    assert series["alpha"]["value"] == pytest.approx([row["alpha"] for row in rows], rel=1e-7)
+    sizes = np.array([64] * (STEPS_PER_EPOCH - 1) + [1440 - 64 * (STEPS_PER_EPOCH - 1)], dtype=float)
+    for r in records:
+        for term in ("cls", "match", "total"):
+            values = np.array(series[f"loss/{term}"]["value"][r["epoch"] * STEPS_PER_EPOCH:][:STEPS_PER_EPOCH])
+            assert float(values @ sizes / sizes.sum()) == pytest.approx(r["train"][term], rel=1e-5)
     # summary.json: the keys of protocol.md
     assert {"dataset", "modalities", "method", "seed", "best_epoch", "test", "test_last", "val", "probe",
             "gap", "wall_s", "epochs"} <= set(summary)

@@ -164,7 +164,7 @@ def run_sections(
     else:
         page.paragraph(f"Method {info['method']} has no alpha (no alpha.csv).", note=True)
 
-    own = {name: cols for name, cols in read_scalars(run).items() if name != "alpha"}
+    own = {name: cols for name, cols in read_scalars(run).items() if name != "alpha" and not name.startswith("loss/")}
     if own:
         page.heading(f"{title_prefix}The method's own values", h)
         _add_figure(

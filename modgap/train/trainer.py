@@ -34,6 +34,7 @@ from ..runs import RunFolder
 from .assemble import Assembly, EvalResult, assemble, evaluate
 from .distributed import ShareState, TrainForward, wrap_ddp
 from .metrics import OutputAccumulator, imbalance_ratio, linear_probe, modality_gap
+from .observers import EpochLog, RunObserver
 
 DIAGNOSTICS_EVERY = 5
 """Gradient norms and the discrepancy ratio are sampled every few steps (they cost ~10 % of a
@@ -87,13 +88,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(
+        self, config: Config, run_dir: str | Path, resume: bool = False, observers: list[RunObserver] | None = None
+    ) -> None:
         self.config = config
         self.run = RunFolder(run_dir)
         self.resume = resume
         self.assembly: Assembly = assemble(config)
         a = self.assembly  # the parts the loop uses, under their own names
         self.dist, self.device, self.precision, self.loader, self.plan = a.dist, a.device, a.precision, a.loader, a.plan
+        self.observers = list(observers or []) if self.dist.is_main else []  # told on the main process only
         self.data: MultimodalDataset = a.data
         self.model: MultimodalClassifier = a.model
         self.method: Method = a.method
@@ -204,14 +208,22 @@ class Trainer:
         finished = False
         try:
             self._start()  # inside: a failed start gives back the lock it took (never another's)
+            for observer in self.observers:
+                observer.started(self.run, self.config, self.state.step, self.state.epoch)
             result = self._fit()
+            for observer in self.observers:
+                observer.finished(result)
             finished = True
             return result
         finally:
-            if self.loader is not None:
-                self.loader.close()
-            self.run.release()
-            self.dist.close(finished)
+            try:
+                for observer in self.observers:
+                    observer.close(finished)
+            finally:
+                if self.loader is not None:
+                    self.loader.close()
+                self.run.release()
+                self.dist.close(finished)
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config
@@ -239,6 +251,7 @@ class Trainer:
             sums: dict[str, float] = {}
             seen = 0
             per_batch = self.method.steps_per_batch()
+            step_rows: list[tuple[int, dict[str, float]]] = []
             for batch in self.batches("train", train=True, epoch=epoch):
                 for _ in range(per_batch):  # one optimiser step, or several in turn (e.g. MLA's modalities)
                     self.ctx.step, self.ctx.share = self.state.step, batch.share
@@ -248,10 +261,11 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + v * n
                     seen += n
                     self.state.step += 1
-                    scalars = self.method.scalars()
-                    if step_logs is not None and scalars:
+                    values = {f"loss/{k}": v for k, v in terms.items()} | self.method.scalars()
+                    if step_logs is not None and values:
                         progress = self.state.step / (epochs * self.ctx.steps_per_epoch)
-                        step_logs.add(self.state.step, epoch, progress, scalars)
+                        step_logs.add(self.state.step, epoch, progress, values)
+                        step_rows.append((self.state.step, values))
                     bar.update()
                     fault_point("train_step")
             seen, sums = self._global_sums(seen, sums)
@@ -289,6 +303,8 @@ class Trainer:
                     self.run.save("best.pt", state)
                 self.run.save_last(state)
             self.dist.barrier()
+            for observer in self.observers:  # after the checkpoint: they see only what a resume keeps
+                observer.epoch_done(EpochLog(epoch, self.state.step, record, step_rows))
             bar.set_postfix(
                 loss=f"{record['train'].get('total', record['train'].get('cls', 0)):.3f}",
                 val=f"{val['fused']['acc']:.3f}",
@@ -485,10 +501,13 @@ def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
     return path
 
 
-def train(config: Config, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train one run and return its summary (the contents of summary.json)."""
+def train(
+    config: Config, out: str | Path | None = None, resume: bool = False, observers: list[RunObserver] | None = None
+) -> dict[str, Any]:
+    """Train one run and return its summary (the contents of summary.json). ``observers`` watch it
+    (train/observers.py: trackers, a tuner's pruner)."""
     run_dir = Path(out) if out is not None else default_run_dir(config)
-    return Trainer(config, run_dir, resume).fit()
+    return Trainer(config, run_dir, resume, observers).fit()
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -13,9 +13,8 @@ from modgap.methods.agm import agm_coefficients, mono_responses, response_scores
 from modgap.methods import StepContext, build_method
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import FUSIONS
-from modgap.runs import read_scalars
 
-from conftest import Enc, joint_gradients, train_losses
+from conftest import Enc, joint_gradients, method_values, train_losses
 
 C = 3
 
@@ -189,7 +188,7 @@ def test_end_to_end(cli, tmp_path, joint_twin):
     summary = cli.train(tmp_path / "r", "--method", "agm")
     assert train_losses(tmp_path / "r") != joint_twin()  # the re-weighted steps train another model
     # scalars.csv: k/<m> after every step, moving
-    series = read_scalars(tmp_path / "r")
+    series = method_values(tmp_path / "r")
     assert set(series) == {f"k/{m}" for m in summary["modalities"]}
     for k in series.values():
         assert len(set(k["value"])) > 1 and all(0 < v < math.inf for v in k["value"])

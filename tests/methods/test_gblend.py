@@ -14,9 +14,8 @@ from modgap.data.base import Batch
 from modgap.methods import StepContext, build_method
 from modgap.methods.gblend import ogr_weights
 from modgap.models.classifier import ModelOutput
-from modgap.runs import read_scalars
 
-from conftest import train_losses
+from conftest import method_values, train_losses
 
 def test_weights_from_loss_curves_by_hand():
     # (L_T, L_V) per head at the start and the end of a window
@@ -118,7 +117,7 @@ def test_end_to_end(cli, tmp_path, joint_twin):
     summary = cli.train(tmp_path / "r", "--method", "gblend", "--set", "method.estimate_every=1")
     assert train_losses(tmp_path / "r") != joint_twin()
     # scalars.csv: the blending weights after every step, estimated (before the first one too), sum 1
-    series = read_scalars(tmp_path / "r")
+    series = method_values(tmp_path / "r")
     assert set(series) == {"weight/fused", *(f"weight/{m}" for m in summary["modalities"])}
     for step in (0, -1):
         weights = [w["value"][step] for w in series.values()]

@@ -16,9 +16,8 @@ from modgap.methods.scores import modality_scores
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import FUSIONS
 
-from modgap.runs import read_scalars
 
-from conftest import Enc, joint_gradients, softmax, train_losses
+from conftest import Enc, joint_gradients, method_values, softmax, train_losses
 
 C = 3
 
@@ -201,7 +200,7 @@ def test_end_to_end(cli, tmp_path, joint_twin):
     summary = cli.train(tmp_path / "r", "--method", "ogm-ge")
     assert train_losses(tmp_path / "r") != joint_twin()  # the modulated steps train another model
     # scalars.csv: k/<m> after every step; the weaker modality keeps k = 1, the stronger one is damped
-    series = read_scalars(tmp_path / "r")
+    series = method_values(tmp_path / "r")
     assert set(series) == {f"k/{m}" for m in summary["modalities"]}
     ks = np.array([series[f"k/{m}"]["value"] for m in summary["modalities"]])
     assert ks.shape[1] == series[f"k/{summary['modalities'][0]}"]["step"][-1]  # one value per step
@@ -213,7 +212,7 @@ def test_composition_end_to_end(cli, tmp_path):
     summary = cli.train(tmp_path / "c", "--method", "lfm-lb+ogm-ge", "--set", "method.alpha=0.5", epochs=1)
     assert summary["method"] == "lfm-lb+ogm-ge"
     # both parts' values are logged: lfm-lb's alpha (also in alpha.csv) and ogm-ge's coefficients
-    series = read_scalars(tmp_path / "c")
+    series = method_values(tmp_path / "c")
     assert set(series) == {"alpha", *(f"k/{m}" for m in summary["modalities"])}
     alpha_csv = np.loadtxt(tmp_path / "c" / "alpha.csv", delimiter=",", skiprows=1)
     assert alpha_csv[:, 3].tolist() == pytest.approx(series["alpha"]["value"], rel=1e-7)

@@ -14,9 +14,8 @@ from modgap.methods import StepContext, build_method
 from modgap.methods.pmr import rebalance_coefficients
 from modgap.models.classifier import MultimodalClassifier
 from modgap.models.fusions import MeanFusion
-from modgap.runs import read_scalars
 
-from conftest import Ident, train_losses
+from conftest import Ident, method_values, train_losses
 
 def t(rows):
     return torch.tensor(rows, dtype=torch.float32)
@@ -173,7 +172,7 @@ def test_end_to_end(cli, tmp_path, joint_twin):
     assert train_losses(tmp_path / "r") != joint_twin()
     # scalars.csv: beta/<m> on the steps where the prototype loss applies; the released switch gives
     # the PCE to the weaker modality only (1), never to the best (0)
-    series = read_scalars(tmp_path / "r")
+    series = method_values(tmp_path / "r")
     assert set(series) == {f"beta/{m}" for m in summary["modalities"]}
     betas = np.array([series[f"beta/{m}"]["value"] for m in summary["modalities"]])
     assert betas.size and set(np.unique(betas)) <= {0.0, 1.0} and np.all(betas.min(0) == 0.0)
