@@ -122,6 +122,50 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--collect", metavar="DIR", help="only rebuild the tables of an existing bench folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    tu = sub.add_parser(
+        "tune",
+        help="search hyper-parameters on validation with Optuna, then train the best on seeds",
+        description="Run an Optuna study whose trials are run folders (objective: validation fused accuracy; "
+        "the test split is read once, by the final runs of the best configuration). The same command again "
+        "continues the study; several processes (--jobs, or machines sharing --storage) share it.",
+        epilog="examples:\n  modgap tune --data mfeat:pix+fou --method lfm-h --set method.schedule=constant \\\n"
+        "      --space 'method.w0=uniform(0.05,0.95)' --space 'optim.lr=loguniform(1e-3,1e-1)' --trials 30 --jobs 2\n"
+        "  modgap tune --data mfeat --method ogm-ge --space space.yaml --trials 20 --seeds 0,1 --out tune/ogm\n"
+        "distributions: uniform(lo,hi) loguniform(lo,hi) int(lo,hi) logint(lo,hi) choice(a,b,...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tu.add_argument("--data", metavar="NAME[:ARG]", help="dataset, as in train --data")
+    tu.add_argument("--method", metavar="NAME", help="training method")
+    tu.add_argument("--config", metavar="FILE", help="a YAML config every trial starts from")
+    tu.add_argument("--epochs", type=int, metavar="N", help="epochs of every trial and final run")
+    tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override for every run")
+    tu.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="KEY=DIST|FILE",
+        help="a searched key, e.g. 'optim.lr=loguniform(1e-3,1e-1)', or a YAML file of them (repeatable)",
+    )
+    tu.add_argument("--trials", type=int, default=20, metavar="N", help="trials to run now (default 20)")
+    tu.add_argument("--seeds", default="0", metavar="S1,S2", help="seeds per trial, objective = mean (default 0)")
+    tu.add_argument(
+        "--final-seeds",
+        default="0,1,2",
+        metavar="S1,S2",
+        help="seeds the best configuration is trained on and tested with (default 0,1,2; '' for none)",
+    )
+    tu.add_argument("--out", metavar="DIR", help="tune folder (default tune/<data>__<method>)")
+    tu.add_argument("--storage", metavar="URL", help="Optuna RDB storage (default sqlite:///<out>/study.db)")
+    tu.add_argument("--study", metavar="NAME", help="study name (default <data>__<method>)")
+    tu.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes (default 1)")
+    tu.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    tu.add_argument("--pruner", default="median", help="median (default), hyperband or none")
+    tu.add_argument("--sampler-seed", type=int, metavar="S", help="seed of the TPE sampler (default: random)")
+    tu.add_argument(
+        "--heartbeat", type=int, default=10, metavar="S", help="trial heartbeat; a silent trial fails after 3x S"
+    )
+    tu.add_argument("--quiet", action="store_true", help="no progress bar")
+
     r = sub.add_parser(
         "report",
         help="figures and one self-contained report.html of a run or bench folder",
@@ -239,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prepare(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "tune":
+            return cmd_tune(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "analyze":
@@ -361,10 +407,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise ConfigError(f"modgap bench needs {', '.join(missing)} (or --collect DIR)")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds expects integers separated by commas, got '{args.seeds}'") from None
+    seeds = _seed_list("--seeds", args.seeds)
     result = bench(
         split_list(args.methods),
         split_list(args.data),
@@ -380,6 +423,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if result["failed"]:
         print(f"modgap: {result['failed']} of {result['cells']} runs failed; see their train.log", file=sys.stderr)
         return 1
+    return 0
+
+
+def _seed_list(flag: str, text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects integers separated by commas, got '{text}'") from None
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"{flag}: seeds must be >= 0")
+    return seeds
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import TuneSpec, default_study_name, parse_space, trials_markdown, tune
+
+    seeds = _seed_list("--seeds", args.seeds)
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    if args.heartbeat < 1:
+        raise ConfigError("--heartbeat must be >= 1 second")
+    spec = TuneSpec(
+        out=args.out or str(Path("tune") / default_study_name(args.data, args.method)),
+        space=parse_space(args.space),
+        data=args.data,
+        method=args.method,
+        config_file=args.config,
+        sets=args.set,
+        epochs=args.epochs,
+        seeds=seeds,
+        final_seeds=_seed_list("--final-seeds", args.final_seeds),
+        study=args.study or "",
+        storage=args.storage or "",
+        pruner=args.pruner,
+        heartbeat=args.heartbeat,
+        sampler_seed=args.sampler_seed,
+    )
+    result = tune(spec, args.trials, jobs=args.jobs, timeout=args.timeout, progress=not args.quiet)
+    best = result["best"]["number"] if result["best"] else None
+    print(trials_markdown(result["trials"], spec.space, best))
+    if result["final"]:
+        from .report.tables import markdown
+
+        print(markdown(result["final"]))
+    print(f"tune folder: {spec.out} (best configuration: {Path(spec.out) / 'best.yaml'})")
     return 0
 
 

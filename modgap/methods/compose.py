@@ -23,9 +23,9 @@ from typing import Any, cast
 
 from torch import nn
 
-from ..config import build
+from ..config import Config, build
 from ..errors import ConfigError, closest
-from .base import Method, method_classes
+from .base import Method, check_method_settings, method_classes
 
 
 class Composite(Method):
@@ -127,3 +127,11 @@ def build_method(
 ) -> Method:
     parts = [cls(options, modalities, num_classes, feature_dims) for cls, options in check_method_options(spec)]
     return parts[0] if len(parts) == 1 else Composite(parts)
+
+
+def check_config_methods(config: Config) -> None:
+    """A config's method and ``methods`` section name registered methods and only their options
+    (one line naming the key and the closest valid choice otherwise); reads no data."""
+    method_classes(config.method["name"])
+    check_method_settings(config.methods)
+    check_method_options(config.method)
