@@ -52,6 +52,13 @@ PREVIOUS = "last.prev.pt"
 BEST = "best.pt"
 LOCK_FILE = ".lock"
 
+# a tune folder (modgap tune; tune.py): the search, its trials' table, the best configuration, final runs
+TUNE_SPEC_FILE = "tune.json"
+TRIALS_FILE = "trials.csv"
+IMPORTANCE_FILE = "importance.json"
+BEST_FILE = "best.yaml"
+FINAL_DIR = "final"
+
 UNSTARTED_LEFTOVERS = (CONFIG_FILE, SPLITS_FILE, METRICS_FILE, ALPHA_FILE, SCALARS_FILE, LOCK_FILE)
 """What a run killed before its first checkpoint leaves: with no checkpoint to resume from, these
 are removed and the run starts over (``RunFolder.clear_unstarted``)."""

@@ -12,7 +12,8 @@ closest valid one).
 
 The objective is the validation fused accuracy at the run's best epoch (mean over ``--seeds``); the
 test split is never read to decide anything. A trial is pruned from its first seed's per-epoch
-validation curve (Optuna's median pruner); the epoch it stopped at is recorded.
+validation curve, its best value so far (Optuna's median pruner: below the median of earlier trials
+at the same epoch, from the 4th trial and the 2nd epoch on); the epoch it stopped at is recorded.
 
 The study lives in Optuna's RDB storage: an SQLite file in the output folder unless ``--storage`` names
 another database. The same command again continues the same study (``--trials N`` more trials; earlier
@@ -56,17 +57,13 @@ from tqdm.auto import tqdm
 from .config import Config, load_yaml, make_config, parse_value
 from .errors import ConfigError, ModgapError, RunFolderError, closest
 from .methods.compose import check_config_methods
-from .runs import RunFolder, atomic_write_text
+from .runs import BEST_FILE, FINAL_DIR, IMPORTANCE_FILE, TRIALS_FILE, TUNE_SPEC_FILE, RunFolder, atomic_write_text
 from .train.observers import EpochLog, RunObserver
 from .train.trainer import train
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 PRUNERS = ("median", "hyperband", "none")
-SPEC_FILE = "tune.json"
-TRIALS_FILE = "trials.csv"
-IMPORTANCE_FILE = "importance.json"
-BEST_FILE = "best.yaml"
-FINAL_DIR = "final"
+SPEC_FILE = TUNE_SPEC_FILE
 _CALL = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.S)
 
 
@@ -257,16 +254,19 @@ class Pruned(Exception):
 
 
 class PruneOnValidation(RunObserver):
-    """Reports each epoch's validation fused accuracy to the trial; stops the run when Optuna prunes it."""
+    """Reports to the trial, after each epoch, the best validation fused accuracy so far (the value
+    the objective takes if the run ended there: the best epoch's); stops the run when Optuna prunes it.
+    The running best, not the epoch's own value, so one noisy epoch does not prune a good trial."""
 
     def __init__(self, trial) -> None:
         self.trial = trial
+        self.best = -math.inf
 
     def epoch_done(self, log: EpochLog) -> None:
-        value = float(log.record["val"]["fused"]["acc"])
-        self.trial.report(value, log.epoch)
+        self.best = max(self.best, float(log.record["val"]["fused"]["acc"]))
+        self.trial.report(self.best, log.epoch)
         if self.trial.should_prune():
-            raise Pruned(log.epoch, value)
+            raise Pruned(log.epoch, self.best)
 
 
 def open_study(spec: TuneSpec, worker: int = 0):

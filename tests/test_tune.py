@@ -68,6 +68,18 @@ def test_a_study_in_sqlite_its_best_yaml_trains_and_the_same_command_adds_trials
     assert code == 0, err
     assert [t.number for t in trials_of(out)] == [0, 1, 2, 3, 4, 5]
     assert len(read_csv(out / "trials.csv")) == 6
+    # modgap report on the tune folder: history, slices and importance drawn from trials.csv
+    code, _, err = cli("report", str(out))
+    assert code == 0, err
+    history = json.loads((out / "report" / "tune_history.plot.json").read_text())
+    lines = {line["gid"]: line for ax in history["axes"] for line in ax["lines"]}
+    rows = read_csv(out / "trials.csv")
+    done = [r for r in rows if r["state"] == "complete"]
+    assert lines["trials::complete"]["x"] == [int(r["number"]) for r in done]
+    assert lines["trials::complete"]["y"] == pytest.approx([float(r["value"]) for r in done])
+    assert max(lines["trials::best_so_far"]["y"]) == pytest.approx(max(float(r["value"]) for r in done))
+    assert (out / "report" / "tune_importance.png").exists() and (out / "report" / "tune_slices.png").exists()
+    assert "best configuration on test" in (out / "report" / "report.html").read_text()
 
 
 def test_two_processes_share_one_study_without_repeating_a_trial(cli, tmp_path):

@@ -22,7 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModgapError, RunFolderError
-from ..runs import ALPHA_FILE, METRICS_FILE, RunFolder, atomic_write_text, read_scalars
+from ..runs import (
+    ALPHA_FILE,
+    BEST_FILE,
+    FINAL_DIR,
+    IMPORTANCE_FILE,
+    METRICS_FILE,
+    TRIALS_FILE,
+    TUNE_SPEC_FILE,
+    RunFolder,
+    atomic_write_text,
+    read_scalars,
+)
 from . import plots
 from .html import Page
 
@@ -381,11 +392,93 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
     return page.write(out / "report.html")
 
 
+def tune_report(root: str | Path, out: str | Path | None = None) -> Path:
+    """The page of a tune folder (modgap tune): the search, every trial, the optimisation history,
+    the parameters' importance and the objective against each, the best configuration, and the final
+    runs on test. Read from the folder's files only (no Optuna needed)."""
+    import csv
+
+    from .tables import aggregate, markdown, read_summaries
+
+    root = Path(root)
+    out = Path(out) if out is not None else root / "report"
+    spec = json.loads((root / TUNE_SPEC_FILE).read_text(encoding="utf-8"))
+    page = Page(f"modgap report: tune {spec['study']}")
+    made: dict[str, Any] = {"tune": str(root), "figures": {}}
+    figs = made["figures"]
+    page.heading("The search")
+    searched = ", ".join(f"{k} = {v}" for k, v in spec["space"].items())
+    page.paragraph(
+        f"Study {spec['study']} in {spec['storage']}. Data {spec.get('data') or '(config)'}, method "
+        f"{spec.get('method') or '(config)'}; searched: {searched}; fixed: {', '.join(spec['sets']) or 'nothing'}. "
+        f"Objective: validation fused accuracy at each run's best epoch, mean over seeds {spec['seeds']}; "
+        f"the test split is read only by the final runs below."
+    )
+    rows: list[dict[str, Any]] = []
+    if (root / TRIALS_FILE).exists():
+        with (root / TRIALS_FILE).open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    if not rows:
+        page.paragraph(f"No trial recorded yet ({TRIALS_FILE} is written when `modgap tune` ends).", note=True)
+    else:
+        params = list(spec["space"])
+        page.heading("Trials")
+        _add_figure(
+            page,
+            plots.tune_history(rows),
+            out / "tune_history.png",
+            "The objective of each trial (pruned trials: their last validation accuracy) and the best so far.",
+            figs,
+        )
+        _add_figure(
+            page,
+            plots.tune_slices(rows, params, [k for k, v in spec["space"].items() if v.startswith("log")]),
+            out / "tune_slices.png",
+            "The objective against each searched parameter.",
+            figs,
+        )
+        importance = json.loads((root / IMPORTANCE_FILE).read_text()) if (root / IMPORTANCE_FILE).exists() else {}
+        if importance and "none" not in importance:
+            _add_figure(
+                page,
+                plots.param_importance(importance),
+                out / "tune_importance.png",
+                "Each parameter's importance for the objective (Optuna's fANOVA over the completed trials).",
+                figs,
+            )
+        else:
+            page.paragraph(f"No parameter importance: {importance.get('none', 'not computed')}.", note=True)
+        header = ["trial", "state", "val ACC", *params, "epochs", "pruned after", "seconds"]
+        table = [
+            [r["number"], r["state"], _fmt(plots.tune_value(r)), *(r.get(p, "") for p in params), r["epochs"]]
+            + [r["pruned_epoch"] or "-", r["seconds"] or "-"]
+            for r in rows
+        ]
+        page.table(header, table)
+    if (root / BEST_FILE).exists():
+        page.heading("The best configuration")
+        text = (root / BEST_FILE).read_text(encoding="utf-8")
+        page.paragraph(" ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#")))
+        page.paragraph(f"`modgap train --config {root / BEST_FILE}` trains it.")
+    # a later best trial has a higher number: the last folder is the current best's
+    finals = sorted((root / FINAL_DIR).glob("trial-*")) if (root / FINAL_DIR).is_dir() else []
+    summaries = read_summaries(finals[-1]) if finals else []
+    page.heading("The best configuration on test")
+    if summaries:
+        page.markdown(markdown(aggregate(summaries)))
+    else:
+        page.paragraph("No final run has finished yet.", note=True)
+    atomic_write_text(out / "report.json", json.dumps(made, indent=1, default=str) + "\n")
+    return page.write(out / "report.html")
+
+
 def report(path: str | Path, out: str | Path | None = None, per_run: bool = False, **options: Any) -> Path:
-    """report.html (and the PNGs) of a run folder or a bench folder; returns the path of report.html."""
+    """report.html (and the PNGs) of a run, bench or tune folder; returns the path of report.html."""
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"{path}: no such folder")
     if is_run(path):
         return run_report(path, out, **options)
+    if (path / TUNE_SPEC_FILE).exists():
+        return tune_report(path, out)
     return bench_report(path, out, per_run=per_run, **options)

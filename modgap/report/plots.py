@@ -714,3 +714,84 @@ def bench_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Figure
     _legend(axes[2], outside=True)
     fig.modgap_data = {"runs": [label for label, _ in runs]}
     return fig
+
+
+def tune_value(row: Mapping[str, Any]) -> float:
+    """A trial's objective (a pruned trial: its last reported validation accuracy), NaN without one."""
+    for key in ("value", "last_val"):
+        try:
+            v = float(row.get(key) or "nan")
+        except ValueError:
+            continue
+        if math.isfinite(v):
+            return v
+    return NAN
+
+
+def tune_history(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """The objective of every trial by trial number (completed: dots; pruned: crosses at their last
+    validation accuracy), and the best completed value so far (a step line)."""
+    fig = new_figure(6.5, 4.0)
+    ax = fig.subplots()
+    best, best_so_far, numbers = -math.inf, [], []
+    for state, marker, color in (("complete", "o", COLORS[0]), ("pruned", "x", COLORS[3])):
+        picked = [r for r in rows if r["state"] == state]
+        xs = [int(r["number"]) for r in picked]
+        ys = [tune_value(r) for r in picked]
+        if xs:
+            plot_series(ax, xs, ys, f"{state} ({len(xs)})", f"trials::{state}", ls="", marker=marker, color=color)
+    for r in sorted(rows, key=lambda r: int(r["number"])):
+        if r["state"] == "complete":
+            best = max(best, tune_value(r))
+        if math.isfinite(best):
+            numbers.append(int(r["number"]))
+            best_so_far.append(best)
+    if numbers:
+        plot_series(ax, numbers, best_so_far, "best so far", "trials::best_so_far", drawstyle="steps-post", color="k")
+    ax.set(xlabel="trial", ylabel="val fused accuracy (objective)", title="optimisation history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.modgap_data = {"trials": len(rows)}
+    return fig
+
+
+def param_importance(importance: Mapping[str, float]) -> Figure:
+    """Each searched parameter's importance (Optuna's fANOVA: its share of the objective's variance)."""
+    names = sorted(importance, key=lambda k: importance[k])
+    fig = new_figure(6.0, 1.2 + 0.45 * len(names))
+    ax = fig.subplots()
+    bars = ax.barh(names, [importance[k] for k in names], color=COLORS[0])
+    ax.bar_label(bars, labels=[f"{importance[k]:.2f}" for k in names], fontsize=8, padding=2)
+    ax.set(xlabel="importance (share of the objective's variance)", xlim=(0, 1.1), title="parameter importance")
+    fig.modgap_data = {"importance": dict(importance)}
+    return fig
+
+
+def tune_slices(rows: Sequence[Mapping[str, Any]], params: Sequence[str], log: Sequence[str] = ()) -> Figure:
+    """The objective against each searched parameter (one panel each; pruned trials as crosses); the
+    parameters in ``log`` (searched on a log scale) on a log axis."""
+    fig = new_figure(3.3 * len(params) + 0.5, 3.4)
+    axes = fig.subplots(1, len(params), squeeze=False)[0]
+    for ax, name in zip(axes, params, strict=True):
+        for state, marker, color in (("complete", "o", COLORS[0]), ("pruned", "x", COLORS[3])):
+            picked = [r for r in rows if r["state"] == state and r.get(name) not in (None, "")]
+            xs = [_param_value(r[name]) for r in picked]
+            plot_series(
+                ax, xs, [tune_value(r) for r in picked], state, f"{name}::{state}", ls="", marker=marker, color=color
+            )
+        if name in log:
+            ax.set_xscale("log")
+        ax.set(xlabel=name, title=name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val fused accuracy")
+    _legend(axes[-1])
+    fig.modgap_data = {"params": list(params)}
+    return fig
+
+
+def _param_value(text: Any) -> Any:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
