@@ -6,10 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, ModgapError, RunFolderError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 EPILOG_TRAIN = """examples:
   modgap train                                   # lfm-lb on the bundled mfeat data, pix + fou
@@ -55,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, metavar="N", help="number of epochs")
     t.add_argument("--seed", type=int, metavar="S", help="training seed (the split seed is data.split_seed)")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/<data>-<method>-s<seed>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        metavar="auto",
+        help="continue the run in --out from its last checkpoint (the original command plus --resume works; "
+        "only --epochs may change); --resume auto starts it when --out holds no run (one line for every requeue)",
+    )
     t.add_argument(
         "--set",
         action="append",
@@ -321,22 +331,24 @@ def overrides_from_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import build, make_config
+    from .config import make_config
     from .train.trainer import load_run_config, train
 
+    resume = bool(args.resume)
+    if args.resume not in (None, "yes", "auto"):
+        raise ConfigError(f"--resume takes no value or 'auto', got '{args.resume}'")
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
-        if args.config or args.data or args.modalities or args.method or args.seed is not None or args.set:
-            raise ConfigError("--resume continues a run with its saved configuration; only --epochs may change")
-        if not (Path(args.out) / "config.yaml").exists():
-            raise RunFolderError(f"{args.out}: nothing to resume (no config.yaml); start a run there without --resume")
-        config = load_run_config(args.out)
-        config = build(
-            type(config),
-            {"train": {"epochs": args.epochs or config.train.epochs, "progress": not args.quiet}},
-            base=config,
-        )
+        has_run = (Path(args.out) / "config.yaml").exists()
+        if not has_run and args.resume != "auto":
+            raise RunFolderError(
+                f"{args.out}: nothing to resume (no config.yaml); start a run there without --resume "
+                f"(or use --resume auto, which starts it when there is none)"
+            )
+        resume = has_run
+    if resume:
+        config = resumed_config(args, load_run_config(args.out))
     else:
         config = make_config(args.config, overrides_from_flags(args), args.set)
     from .methods.base import check_method_settings, method_classes
@@ -349,7 +361,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from_flags = any(item.startswith("methods.") for item in args.set)  # else the file holds the bad entry
         raise ConfigError(f"{args.config}: {exc}" if args.config and not from_flags else str(exc)) from None
     check_method_options(config.method)  # and so does a mistyped method.* key
-    summary = train(config, out=args.out or config.out, resume=args.resume)
+    summary = train(config, out=args.out or config.out, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
         print(format_summary(summary))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -362,6 +374,56 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+RESUME_MAY_CHANGE = ("train.epochs", "train.progress")
+"""What a resumed run may set differently from its saved configuration (the rest would change its numbers)."""
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _at(tree: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def resumed_config(args: argparse.Namespace, saved: Config) -> Config:
+    """The saved configuration of the run in --out, with --epochs (and --quiet) applied. Any other setting the
+    command gives (the original command, retyped) must equal the saved one: the first that differs is refused,
+    named with both values."""
+    from .config import build, dotted_to_nested, load_yaml, make_config
+
+    given: dict[str, Any] = {}
+    for layer in (
+        load_yaml(args.config) if args.config else {},
+        overrides_from_flags(args),
+        dotted_to_nested(args.set),
+    ):
+        given.update(_leaves(layer))
+    if given:
+        typed = make_config(args.config, overrides_from_flags(args), args.set).to_dict()  # also checks the keys
+        before = saved.to_dict()
+        for path in given:
+            if path.startswith(RESUME_MAY_CHANGE) or path == "out":
+                continue
+            new, old = _at(typed, path), _at(before, path)
+            if new != old:
+                raise ConfigError(
+                    f"--resume: {path} is {new!r} here but {old!r} in the run in {args.out}; a resumed run keeps "
+                    f"its settings (only --epochs may change): drop it or start another --out"
+                )
+    return build(
+        type(saved),
+        {"train": {"epochs": args.epochs or saved.train.epochs, "progress": not args.quiet}},
+        base=saved,
+    )
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import yaml
 from modgap.methods.schedules import matching_weight
 from modgap.runs import read_scalars
 
-from conftest import REPO
+from conftest import REPO, summary_of
 
 STEPS_PER_EPOCH = 23  # mfeat: 1440 training rows in batches of 64
 METRIC_KEYS = {"acc", "map", "f1"}
@@ -132,13 +132,45 @@ def test_resume_folder_without_run(cli, tmp_path):
     assert list(empty.iterdir()) == []
 
 
-def test_resume_refuses_config_changes(cli, tmp_path):
+@pytest.mark.parametrize("change, fragment", [
+    (["--method", "lfm-lb"], "method.name is 'lfm-lb' here but 'joint' in the run"),
+    (["--seed", "4"], "train.seed is 4 here but 0 in the run"),
+    (["--set", "optim.lr=0.2"], "optim.lr is 0.2 here but 0.01 in the run"),
+    (["--data", "mfeat:fac+mor"], "data.modalities is ['fac', 'mor'] here but ['pix', 'fou'] in the run"),
+])
+def test_resume_refuses_a_setting_that_differs_naming_both_values(cli, tmp_path, change, fragment):
     run = tmp_path / "r"
-    cli.train(run, "--method", "joint", epochs=1)
+    cli.train(run, "--method", "joint", "--data", "mfeat:pix+fou", epochs=1)
     before = folder_digest(run)
-    code, out, err = cli("train", "--resume", "--out", str(run), "--method", "lfm-lb")
-    assert_one_line_error(code, out, err, "only --epochs may change")
+    code, out, err = cli("train", "--resume", "--out", str(run), "--epochs", "2", *change)
+    assert_one_line_error(code, out, err, fragment, "only --epochs may change")
     assert folder_digest(run) == before
+
+
+TYPED = ["--method", "lfm-lb", "--seed", "3", "--data", "mfeat:pix+fou", "--set", "model.hidden=[16]",
+         "--set", "model.feature_dim=8", "--set", "train.threads=1", "--set", "train.probe=false", "--quiet"]
+
+
+def test_the_original_command_plus_resume_continues_the_run(cli, tmp_path, metrics_of):
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    assert cli("train", *TYPED, "--epochs", "3", "--out", str(full))[0] == 0
+    assert cli("train", *TYPED, "--epochs", "2", "--out", str(parts))[0] == 0
+    code, _, err = cli("train", *TYPED, "--epochs", "3", "--out", str(parts), "--resume")  # retyped, plus --resume
+    assert code == 0, err
+    assert metrics_of(parts) == metrics_of(full)
+    assert summary_of(parts) == summary_of(full)
+
+
+def test_resume_auto_starts_an_empty_folder_and_continues_a_partial_one(cli, tmp_path, metrics_of):
+    full, auto = tmp_path / "full", tmp_path / "auto"
+    assert cli("train", *TYPED, "--epochs", "3", "--out", str(full))[0] == 0
+    for epochs in ("2", "3", "3"):  # the same job line at every (re)start: start, continue, nothing left to do
+        code, _, err = cli("train", *TYPED, "--epochs", epochs, "--out", str(auto), "--resume", "auto")
+        assert code == 0, err
+    assert metrics_of(auto) == metrics_of(full)
+    assert summary_of(auto) == summary_of(full)
+    code, out, err = cli("train", "--out", str(tmp_path / "none"), "--resume")  # plain --resume: nothing there
+    assert_one_line_error(code, out, err, "nothing to resume", "--resume auto")
 
 
 def test_second_train_into_run_folder_is_refused(cli, tmp_path):
