@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any setting, e.g. --set optim.lr=0.05 --set method.every=5",
     )
+    t.add_argument(
+        "--requeue",
+        action="store_true",
+        help="under Slurm: when SIGTERM/SIGUSR1 stops the run (checkpoint written), ask Slurm to requeue the job",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
@@ -361,7 +366,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from_flags = any(item.startswith("methods.") for item in args.set)  # else the file holds the bad entry
         raise ConfigError(f"{args.config}: {exc}" if args.config and not from_flags else str(exc)) from None
     check_method_options(config.method)  # and so does a mistyped method.* key
-    summary = train(config, out=args.out or config.out, resume=resume)
+    from .train.preemption import Preempted, request_requeue
+
+    try:
+        summary = train(config, out=args.out or config.out, resume=resume)
+    except Preempted as stop:
+        print(f"modgap: {stop}", file=sys.stderr)
+        if args.requeue:
+            print(f"modgap: {request_requeue()}", file=sys.stderr)
+        return stop.exit_code
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
         print(format_summary(summary))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -51,15 +51,17 @@ class Assembly:
     """The trainable parameters of the model and the method (what the optimiser steps)."""
     plan: BatchPlan
 
-    def batches(self, split: str, train: bool, epoch: int = 0) -> Iterator[Batch]:
+    def batches(self, split: str, train: bool, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Training: this process's shard of each global batch, in an order fixed by (seed, epoch).
-        Evaluation: this process's contiguous part of the split, in order. Nothing is dropped."""
+        Evaluation: this process's contiguous part of the split, in order. Nothing is dropped.
+        ``start``: skip the first batches without building them (an epoch resumed where it stopped)."""
         rows = self.data.splits[split]
-        plan = self.plan.train(rows, epoch) if train else self.plan.evaluation(rows)
+        plan = list(self.plan.train(rows, epoch) if train else self.plan.evaluation(rows))[start:]
         if self.loader is not None:  # data.workers > 0: the same plan, built in worker processes
             seed = (self.config.train.seed, epoch, self.dist.rank)
             items: list[Item] = [
-                (local, train, share, (*seed, k) if train else None) for k, (local, share) in enumerate(plan)
+                (local, train, share, (*seed, k) if train else None)
+                for k, (local, share) in enumerate(plan, start=start)
             ]
             for batch in self.loader.load(items):
                 yield self.on_device(batch)

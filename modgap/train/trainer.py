@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .assemble import Assembly, EvalResult, assemble, evaluate
 from .distributed import ShareState, TrainForward, wrap_ddp
 from .metrics import OutputAccumulator, imbalance_ratio, linear_probe, modality_gap
 from .observers import EpochLog, RunObserver
+from .preemption import Preempted, StopSignals
 
 DIAGNOSTICS_EVERY = 5
 """Gradient norms and the discrepancy ratio are sampled every few steps (they cost ~10 % of a
@@ -60,6 +62,21 @@ class Progress:
     skipped_steps: int = 0
     """Steps skipped for a non-finite loss or gradient (train.on_nonfinite=skip)."""
     wall_s: float = 0.0
+    batch: int = 0
+    """Batches of the current epoch done: 0 at an epoch's end; more in a checkpoint written at a
+    preemption signal (preemption.py), where the epoch continues on resume."""
+
+
+@dataclass
+class EpochSoFar:
+    """What an epoch has gathered before its end: saved with a checkpoint taken mid-epoch."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    """Training loss terms, summed weighted by batch size."""
+    seen: int = 0
+    diag: dict[str, list[float]] = field(default_factory=dict)
+    """Sampled gradient diagnostics (means taken at the epoch's end)."""
+    seconds: float = 0.0
 
 
 def rng_state() -> dict[str, Any]:
@@ -108,7 +125,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, config.optim)
         self.scheduler = make_scheduler(self.optimizer, config.optim, config.train.epochs)
         self.state = Progress()
-        self._diag: dict[str, list[float]] = {}
+        self._so_far = EpochSoFar()
+        self._diag = self._so_far.diag
         steps = math.ceil(len(self.data.splits["train"]) / config.data.batch_size) * self.method.steps_per_batch()
         self.ctx = StepContext(
             self.model,
@@ -153,6 +171,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": vars(self.state).copy(),
+            **({"epoch_so_far": asdict(self._so_far)} if self.state.batch else {}),
             "rng": rng_state(),
             "version": __version__,
             **({"loss_scale": self.precision.state_dict()} if self.precision.loss_scale else {}),
@@ -164,6 +183,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = Progress(**state["progress"])
+        self._so_far = EpochSoFar(**state.get("epoch_so_far", {}))
+        self._diag = self._so_far.diag
         set_rng_state(state["rng"])
         self.precision.load_state_dict(state.get("loss_scale"))
 
@@ -210,7 +231,8 @@ class Trainer:
             self._start()  # inside: a failed start gives back the lock it took (never another's)
             for observer in self.observers:
                 observer.started(self.run, self.config, self.state.step, self.state.epoch)
-            result = self._fit()
+            with StopSignals() as signals:
+                result = self._fit(signals)
             for observer in self.observers:
                 observer.finished(result)
             finished = True
@@ -225,14 +247,14 @@ class Trainer:
                 self.run.release()
                 self.dist.close(finished)
 
-    def _fit(self) -> dict[str, Any]:
+    def _fit(self, signals: StopSignals) -> dict[str, Any]:
         cfg = self.config
         epochs = cfg.train.epochs
         main = self.dist.is_main
         step_logs = self.run.step_logs() if main else None
         bar = tqdm(
             total=epochs * self.ctx.steps_per_epoch,
-            initial=self.state.epoch * self.ctx.steps_per_epoch,
+            initial=self.state.step,
             disable=not (cfg.train.progress and main),
             desc=f"{cfg.method['name']} {self.data.name}",
             unit="step",
@@ -245,14 +267,16 @@ class Trainer:
             self.ctx.epoch = epoch
             self.model.train()
             self.method.train()
-            with self.precision.eager():  # epoch hooks may need double backward (not compiled)
-                self.method.on_epoch_start(self.ctx)
+            first = self.state.batch  # 0, or where a preempted epoch stopped
+            if first == 0:
+                with self.precision.eager():  # epoch hooks may need double backward (not compiled)
+                    self.method.on_epoch_start(self.ctx)
             lr = self.optimizer.param_groups[0]["lr"]
-            sums: dict[str, float] = {}
-            seen = 0
+            so_far = self._so_far
+            sums, seen = so_far.sums, so_far.seen
             per_batch = self.method.steps_per_batch()
             step_rows: list[tuple[int, dict[str, float]]] = []
-            for batch in self.batches("train", train=True, epoch=epoch):
+            for batch in self.assembly.batches("train", True, epoch, start=first):
                 for _ in range(per_batch):  # one optimiser step, or several in turn (e.g. MLA's modalities)
                     self.ctx.step, self.ctx.share = self.state.step, batch.share
                     terms = self.train_step(batch) or {}
@@ -268,6 +292,12 @@ class Trainer:
                         step_rows.append((self.state.step, values))
                     bar.update()
                     fault_point("train_step")
+                self.state.batch += 1
+                if self._stop_requested(signals):
+                    so_far.sums, so_far.seen = sums, seen
+                    so_far.seconds += time.perf_counter() - started
+                    self._preempt(signals, step_logs)
+            self.state.batch = 0
             seen, sums = self._global_sums(seen, sums)
             self.dist.average_buffers(self.model)  # BatchNorm statistics: the same model on every process
             self.scheduler.step()
@@ -289,10 +319,12 @@ class Trainer:
                 "val": val,
                 "test": test,
                 "imbalance_val": imbalance_ratio({m: val[m]["acc"] for m in self.data.modalities}),
-                "epoch_s": round(time.perf_counter() - started, 3),
+                "epoch_s": round(so_far.seconds + time.perf_counter() - started, 3),
             }
             if cfg.train.diagnostics:
                 record["diagnostics"] = self._epoch_diagnostics(val_eval.outputs)
+            self._so_far = EpochSoFar()  # the next epoch starts from nothing
+            self._diag = self._so_far.diag
             # order matters for a crash at any point: logs first, then best, then last (which resumes)
             if main:
                 if step_logs is not None:
@@ -313,8 +345,26 @@ class Trainer:
         bar.close()
         return self.finish()
 
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        """A stop signal reached this process (or, on several, any of them: all stop at the same batch)."""
+        flag = 1.0 if signals.received else 0.0
+        if self.dist.enabled:
+            flag = float(self.dist.all_reduce_sum(torch.tensor([flag], device=self.device)).item())
+        return flag > 0
+
+    def _preempt(self, signals: StopSignals, step_logs) -> None:
+        """Write the checkpoint of this batch (the per-step logs first), then stop with Preempted."""
+        self.state.wall_s += self._so_far.seconds
+        if self.dist.is_main:
+            if step_logs is not None:
+                step_logs.flush()
+            self.run.save_last(self.state_dict())
+        self.dist.barrier()
+        signum = signals.received or signal.SIGTERM  # another process got it: stop as it does
+        raise Preempted(signum, str(self.run.path), self.state.epoch, self.state.step)
+
     def _epoch_diagnostics(self, val_out: OutputAccumulator) -> dict[str, Any]:
-        d, self._diag = self._diag, {}
+        d = self._diag
         means = {k: float(np.mean(v)) for k, v in d.items()}
         out: dict[str, Any] = {"grad_norm": {m: means.get(f"grad_norm/{m}") for m in self.data.modalities}}
         if "discrepancy" in means:
