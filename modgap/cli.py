@@ -311,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     except ModgapError as exc:
         print(f"modgap: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from .train.preemption import Preempted
+
+        if not isinstance(exc, Preempted):
+            raise
+        print(f"modgap: {exc}", file=sys.stderr)  # a stop signal: the checkpoint is written, the run resumes
+        return exc.exit_code
     except KeyboardInterrupt:
         print("modgap: interrupted; continue with `modgap train --resume --out <run folder>`", file=sys.stderr)
         return 130
@@ -370,11 +377,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         summary = train(config, out=args.out or config.out, resume=resume)
-    except Preempted as stop:
-        print(f"modgap: {stop}", file=sys.stderr)
+    except Preempted:
         if args.requeue:
             print(f"modgap: {request_requeue()}", file=sys.stderr)
-        return stop.exit_code
+        raise
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
         print(format_summary(summary))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
