@@ -10,7 +10,8 @@ evaluation protocol. Public API:
     from modgap.methods.matching import js_divergence, info_nce
 """
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads this line (statically, without importing torch).
+__version__ = "0.2.0"
 
 from .config import Config, make_config  # noqa: E402
 from .train.trainer import train as fit  # noqa: E402  (modgap.train stays the subpackage)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,22 @@ def summary_of(run: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     summary.pop("wall_s")
     return summary
+
+
+# ------------------------------------------------------------------- the README's demo table
+def readme_demo_table() -> str:
+    """The table README.md shows at the end of `make demo` (the block after "It ends with a table")."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"It ends with a table.*?```\n(.*?)```", readme, flags=re.S)
+    assert found, "README.md has no demo table after 'It ends with a table'"
+    return found.group(1)
+
+
+def table_shape(text: str) -> list[list[str]]:
+    """Each line's words with every number, and every empty cell ('-'), written '#': what the tables of
+    two runs of `modgap train` with the same data and method have in common."""
+    number = re.compile(r"(?<![A-Za-z])\d+(?:\.\d+)?")  # not the 1 of "F1"
+    return [["#" if w == "-" else w for w in number.sub("#", line).split()] for line in text.strip().splitlines()]
 
 
 # ------------------------------------------------------------------- methods on fixed small problems
