@@ -472,6 +472,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
     )
+    for text in report.warnings:
+        print(f"modgap: warning: {one_line(text)}", file=sys.stderr)
     print(report.format())
     return 0
 
@@ -667,6 +669,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"at the best epoch"
         )
     lines.append("; ".join(extra))
+    from .train.metrics import still_improving_note
+
+    note = still_improving_note(summary)
+    if note is not None:
+        lines.append(f"note: {note}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ import yaml
 from modgap.methods.schedules import matching_weight
 from modgap.runs import read_scalars
 
-from conftest import REPO, summary_of
+from conftest import NO_PROBE, REPO, TINY, summary_of
 
 STEPS_PER_EPOCH = 23  # mfeat: 1440 training rows in batches of 64
 METRIC_KEYS = {"acc", "map", "f1"}
@@ -292,6 +292,33 @@ def test_best_epoch_first_on_ties(cli, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len({r["val"]["fused"]["acc"] for r in records}) == 1
     assert summary["best_epoch"] == 0
+
+
+def test_still_improving_run_says_so(cli, tmp_path):
+    """Two epochs of the tiny model at lr 0.01 are far from its plateau: the second epoch beats the first."""
+    code, out, err = cli("train", "--epochs", "2", "--out", str(tmp_path / "r"), "--method", "joint",
+                         "--set", "optim.lr=0.01", *TINY, *NO_PROBE)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["val"]["fused"]["acc"] > records[0]["val"]["fused"]["acc"]
+    assert summary["still_improving"] is True and summary["best_epoch"] == 1
+    assert summary["still_improving_detail"] == {"best_epoch": 1, "epochs": 2, "window": 2,
+                                                 "best_val": records[1]["val"]["fused"]["acc"],
+                                                 "best_before_window": None}
+    assert out.splitlines()[-1] == ("note: validation accuracy was still improving at the last epoch "
+                                    "(best at epoch 1 of 2); more epochs may help (--epochs N)")
+    assert summary["warnings"] == [] and "warning" not in err  # mfeat has no images to upscale
+
+
+def test_plateaued_run_has_no_note(cli, tmp_path):
+    # nothing changes at this lr: every epoch ties with the first, the best
+    code, out, err = cli("train", "--epochs", "3", "--out", str(tmp_path / "r"), "--method", "joint",
+                         "--set", "optim.lr=1e-12", *TINY, *NO_PROBE)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["best_epoch"] == 0 and summary["still_improving"] is False
+    assert "note:" not in out and "still improving" not in out
 
 
 METHOD_RUNS = [

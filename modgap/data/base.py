@@ -97,6 +97,11 @@ class MultimodalDataset(abc.ABC):
         """The encoder this modality's inputs call for (used when model.encoder is auto)."""
         return "mlp"
 
+    def warnings(self) -> list[str]:
+        """One-line warnings about the data (e.g. images upscaled more than 2x) that a run prints once
+        and records in summary.json; none by default."""
+        return []
+
     @abc.abstractmethod
     def batch(self, rows: np.ndarray, train: bool) -> Batch:
         """The samples at ``rows``; ``train`` turns on online augmentation where a dataset has it."""

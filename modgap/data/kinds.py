@@ -32,6 +32,12 @@ from .audio import get_audio_preset, read_wav
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
+UPSCALE_LIMIT = 2.0
+"""Stretching a side more than this (target / source) is worth a warning: the model then trains on
+interpolated pixels, at (target / source)^2 times the pixels and compute of the source size."""
+SIZE_SAMPLES = 8
+"""How many raw sources `modgap prepare` reads the image size of (from their headers) to check that."""
+
 KINDS: Registry[type[ModalityKind]] = Registry("modality kind")
 
 
@@ -48,12 +54,19 @@ class ModalityKind(abc.ABC):
     dtype: str = "float16"
     has_count: bool = False
     """Whether each sample has a count of valid entries (frames per clip)."""
+    pixels_noun: str = "images"
+    """What the upscaling warning calls this kind's pictures."""
 
     def __init__(self, **params: Any) -> None:
         self.params = params
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, **self.params}
+
+    def source_size(self, source: Any) -> tuple[int, int] | None:
+        """(width, height) of a raw source's images, from the file header only (no decoding), for the
+        upscaling check; None for kinds without images or a source that cannot be read."""
+        return None
 
     @property
     @abc.abstractmethod
@@ -152,6 +165,59 @@ def load_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
     return array.reshape(size, size, channels)
 
 
+def image_size_of(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header (PIL decodes nothing until asked)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except Exception:  # missing, unreadable, too large: the processing reports it, naming the file
+        return None
+
+
+def video_size_of(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a video's frames (the container's header), or of a frame folder's first image."""
+    if path.is_dir():
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError:
+            return None
+        return image_size_of(files[0]) if files else None
+    try:
+        import cv2
+    except ImportError:
+        return None
+    if not path.is_file():
+        return None
+    cap = cv2.VideoCapture(str(path))
+    try:
+        size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+    return size if min(size) > 0 else None
+
+
+def upscale_warning(modality: str, kind: ModalityKind, sizes: list[list[int]], fix: str) -> str | None:
+    """One line when the typical one of ``sizes`` ((width, height) of a sample of the raw sources, as
+    `modgap prepare` records them; the median by area) has a side stretched more than UPSCALE_LIMIT
+    to the kind's ``image_size``, else None. ``fix`` says how to train at their size ({size}: the
+    larger side of that typical image)."""
+    target = kind.params.get("image_size")
+    if not target or not sizes:
+        return None
+    by_area = sorted(((int(w), int(h)) for w, h in sizes), key=lambda s: (s[0] * s[1], s))
+    width, height = by_area[(len(by_area) - 1) // 2]
+    if target / min(width, height) <= UPSCALE_LIMIT:
+        return None
+    pixels = target * target / (width * height)
+    times = f"{pixels:.0f}" if pixels >= 10 else f"{pixels:.1f}"
+    return (
+        f"{modality}: {kind.pixels_noun} of {width}x{height} are upscaled to {target}x{target} ({times}x the "
+        f"pixels); {fix.format(size=max(width, height))} to train at their size"
+    )
+
+
 def random_resized_crop_boxes(n: int, height: int, width: int) -> list[tuple[int, int, int, int]]:
     """torchvision's RandomResizedCrop box choice (scale 0.08-1, ratio 3/4-4/3, 10 tries, centre fallback)."""
     boxes = []
@@ -210,6 +276,9 @@ class ImageKind(ModalityKind):
 
     def process(self, source: Any) -> tuple[np.ndarray, int]:
         return load_image(Path(source), self.size), 1
+
+    def source_size(self, source: Any) -> tuple[int, int] | None:
+        return image_size_of(Path(source))
 
     def online(self, cached, counts, train):
         x = torch.from_numpy(np.ascontiguousarray(cached))[:, None]
@@ -306,6 +375,7 @@ class FramesKind(ModalityKind):
     encoder = "resnet18_frames"
     dtype = "uint8"
     has_count = True
+    pixels_noun = "frames"
 
     def __init__(
         self,
@@ -345,6 +415,10 @@ class FramesKind(ModalityKind):
         out = np.zeros(self.cache_shape, dtype=np.uint8)
         out[: len(frames)] = np.stack(frames)
         return out, len(frames)
+
+    def source_size(self, source: Any) -> tuple[int, int] | None:
+        video = source[0] if isinstance(source, tuple) else source  # (video, start, end): a frame range
+        return video_size_of(Path(video))
 
     def online(self, cached, counts, train, frames: int | None = None):
         t = frames or self.frames

@@ -49,7 +49,7 @@ from ..errors import DataError, closest
 from .base import SPLITS, MultimodalDataset
 from .kinds import IMAGE_SUFFIXES
 from .prepare import RAW_FORMATS, RawFormat, RawIndex, RawSample, prepare
-from .prepared import PreparedDataset
+from .prepared import PREPARED_FIX, PreparedDataset
 from .prepared_format import FORMAT_VERSION, file_sha256
 from .registry import DATASETS
 from .splits import stratified_carve
@@ -75,6 +75,8 @@ SETTINGS = ("preset", "image_size", "max_frames", "text_model", "max_len")
 """data.options keys that shape the prepared arrays (and so the cache key)."""
 OPTIONS = (*SETTINGS, "jobs", "verify")
 CACHE_DIR = ".modgap-cache"
+CSV_FIX = "set data.options.image_size={size} (or prepare with --image-size {size})"
+"""How images of a manifest prepared on first use are kept at their size (upscale_warning's ``fix``)."""
 
 
 def category(value: str, base: Path) -> str:
@@ -395,9 +397,11 @@ class ManifestLoader:
                     f"unknown data.options key '{key}' for a manifest{closest(key, OPTIONS, 'data.options.')}"
                 )
         path = Path(cfg.path)
-        root = path if (path / "manifest.json").is_file() else ensure_prepared(path, cfg)
+        prepared = (path / "manifest.json").is_file()
+        root = path if prepared else ensure_prepared(path, cfg)
         options = {k: v for k, v in cfg.options.items() if k in ("preset", "image_size", "verify")}
-        return PreparedDataset(root, dataclasses.replace(cfg, options=options), expect="manifest")
+        fix = PREPARED_FIX if prepared else CSV_FIX  # a folder prepared elsewhere must be prepared again
+        return PreparedDataset(root, dataclasses.replace(cfg, options=options), expect="manifest", size_fix=fix)
 
 
 RAW_FORMATS.register("manifest")(ManifestFormat())

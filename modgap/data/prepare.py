@@ -31,7 +31,7 @@ from ..errors import ConfigError, DataError, ModgapError
 from ..registry import Registry
 from ..runs import process_alive
 from .base import SPLITS
-from .kinds import KINDS, ModalityKind
+from .kinds import KINDS, SIZE_SAMPLES, ModalityKind, upscale_warning
 from .prepared import PreparedLoader
 from .prepared_format import (
     CLASSES_FILE,
@@ -153,6 +153,8 @@ class PrepareReport:
     counts: dict[str, dict[str, int]]
     skipped: list[tuple[str, str]]
     seconds: float
+    warnings: list[str] = field(default_factory=list)
+    """One-line warnings about the data (images upscaled more than 2x), for stderr."""
 
     def format(self) -> str:
         lines = [f"prepared {self.out} in {self.seconds:.1f} s"]
@@ -213,6 +215,7 @@ def prepare(
             samples.append(s)
     if not samples:
         raise DataError(f"{src}: no usable samples found for {dataset}")
+    source_sizes = sample_source_sizes(kinds, samples)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(out)
@@ -257,6 +260,7 @@ def prepare(
             val_fraction,
             split_seed,
             class_of,
+            source_sizes,
         )
         del arrays
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -268,7 +272,29 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    return PrepareReport(out, manifest["counts"], skipped, time.perf_counter() - started)
+    warnings = [
+        text
+        for m, sizes in source_sizes.items()
+        if (text := upscale_warning(m, kinds[m], sizes, PREPARE_FIX)) is not None
+    ]
+    return PrepareReport(out, manifest["counts"], skipped, time.perf_counter() - started, warnings)
+
+
+PREPARE_FIX = "prepare with --image-size {size}"
+"""How `modgap prepare` says to keep images at their size (upscale_warning's ``fix``)."""
+
+
+def sample_source_sizes(kinds: dict[str, ModalityKind], samples: list[RawSample]) -> dict[str, list[list[int]]]:
+    """Per modality with images, (width, height) of up to SIZE_SAMPLES raw sources spread evenly over
+    the samples, read from their headers: what the upscaling warning needs, recorded in manifest.json
+    (every image is decoded by the processing anyway; this reads only a few headers more)."""
+    picks = sorted({round(i) for i in np.linspace(0, len(samples) - 1, min(SIZE_SAMPLES, len(samples)))})
+    out = {}
+    for m, kind in kinds.items():
+        sizes = [list(size) for i in picks if (size := kind.source_size(samples[i].sources[m])) is not None]
+        if sizes:
+            out[m] = sizes
+    return out
 
 
 def remove_dead_partials(out: Path) -> None:
@@ -307,6 +333,7 @@ def _write_folder(
     val_fraction: float,
     split_seed: int,
     class_of,
+    source_sizes: dict[str, list[list[int]]],
 ) -> None:
     labels = np.asarray([class_of[s.label] for s in samples], dtype=np.int64)
     # compact the arrays to the samples that were processed (in place: rows only move forward)
@@ -356,6 +383,7 @@ def _write_folder(
                 "dtype": k.dtype,
                 "file": array_file(m),
                 "sha256": file_sha256(tmp / array_file(m)),
+                **({"source_sizes": source_sizes[m]} if m in source_sizes else {}),
             }
             for m, k in kinds.items()
         },

@@ -15,7 +15,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError, closest
 from .base import SPLITS, Batch, MultimodalDataset, select_modalities
-from .kinds import KINDS, FramesKind, ModalityKind
+from .kinds import KINDS, FramesKind, ModalityKind, upscale_warning
 from .prepared_format import count_file, file_sha256, read_manifest, read_samples, read_split_ids
 
 
@@ -38,14 +38,20 @@ class PreparedLoader:
 
 
 def kind_from_manifest(entry: dict[str, Any]) -> ModalityKind:
-    params = {k: v for k, v in entry.items() if k not in ("kind", "shape", "dtype", "file", "sha256", "preset_params")}
+    recorded = ("kind", "shape", "dtype", "file", "sha256", "preset_params", "source_sizes")
+    params = {k: v for k, v in entry.items() if k not in recorded}
     return KINDS.get(entry["kind"])(**params)
 
 
+PREPARED_FIX = "prepare the folder again with --image-size {size}"
+"""How a prepared folder's images can be kept at their size (upscale_warning's ``fix``)."""
+
+
 class PreparedDataset(MultimodalDataset):
-    def __init__(self, root: Path, cfg: DataConfig, expect: str | None = None) -> None:
+    def __init__(self, root: Path, cfg: DataConfig, expect: str | None = None, size_fix: str = PREPARED_FIX) -> None:
+        """``size_fix``: the option that keeps upscaled images at their size, as the loader names it."""
         manifest = read_manifest(root, expect)
-        self.root, self.manifest = root, manifest
+        self.root, self.manifest, self.size_fix = root, manifest, size_fix
         self.name = manifest["dataset"]
         self.classes = list(manifest["classes"])
         self._check_options(cfg.options)
@@ -102,6 +108,16 @@ class PreparedDataset(MultimodalDataset):
             entry = self.manifest["modalities"][m]
             if file_sha256(self.root / entry["file"]) != entry["sha256"]:
                 raise DataError(f"{self.root / entry['file']}: checksum differs from the manifest (corrupt or changed)")
+
+    def warnings(self) -> list[str]:
+        """Images upscaled more than 2x, judged from the source sizes `modgap prepare` recorded (a folder
+        prepared before they were recorded has none, and gets no warning)."""
+        entries = self.manifest["modalities"]
+        found = (
+            upscale_warning(m, self.kinds[m], entries[m].get("source_sizes", []), self.size_fix)
+            for m in self.modalities
+        )
+        return [text for text in found if text is not None]
 
     def encoder_for(self, modality: str) -> str:
         return self.kinds[modality].encoder

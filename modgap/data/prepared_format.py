@@ -1,8 +1,10 @@
 """The prepared dataset folder's format: its files, its version, and reading it back safely.
 
     manifest.json     format version, dataset, modgap version, classes, per modality its kind,
-                      preset and parameters, array shape, dtype and sha256; split checksum;
-                      source split files' checksums; counts per split and class; skipped count
+                      preset and parameters, array shape, dtype and sha256 (and for images and
+                      frames ``source_sizes``: width, height of a few raw sources, for the
+                      upscaling warning); split checksum; source split files' checksums; counts
+                      per split and class; skipped count
     <modality>.npy    the cached arrays (read as memory maps), rows in samples.csv order
     <modality>.count.npy   valid entries per row (frames per clip)
     samples.csv       row, id, label, split

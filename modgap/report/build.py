@@ -34,6 +34,7 @@ from ..runs import (
     atomic_write_text,
     read_scalars,
 )
+from ..train.metrics import still_improving_note
 from . import plots
 from .html import Page
 
@@ -138,12 +139,16 @@ def run_sections(
     best = summary["best_epoch"] if summary else None
     label = info["label"]
     made: dict[str, Any] = {"run": str(run), "label": label, "figures": {}}
+    made["still_improving"] = summary.get("still_improving") if summary else None
+    made["warnings"] = summary.get("warnings", []) if summary else []
     figs = made["figures"]
     h = heading_level
     page.heading(f"{title_prefix}Summary", h)
     page.paragraph(f"Run {run} — method {info['method']}, data {info['data']}, seed {info['seed']}.")
     if summary:
         _summary_table(page, summary)
+        for text in summary.get("warnings", []):  # what the run printed about its data (e.g. upscaled images)
+            page.paragraph(f"Warning: {text}.", note=True)
     else:
         page.paragraph(f"The run has not finished (no summary.json): {len(records)} epochs recorded.", note=True)
     if not records:
@@ -159,6 +164,9 @@ def run_sections(
         "The dotted line marks the epoch of best validation fused accuracy (the reported one).",
         figs,
     )
+    note = still_improving_note(summary) if summary else None
+    if note is not None:
+        page.paragraph(f"Note: {note}.", note=True)
 
     page.heading(f"{title_prefix}Alpha", h)
     alpha_csv = run / ALPHA_FILE
@@ -368,8 +376,10 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
 
     page.heading("Runs")
     rows = []
+    improving = made["still_improving"] = {}
     for r in runs:
         s = RunFolder(r).read_summary()
+        improving[r.name] = s.get("still_improving") if s else None
         rows.append(
             [
                 r.name,
@@ -377,10 +387,18 @@ def bench_report(root: str | Path, out: str | Path | None = None, per_run: bool 
                 s["best_epoch"] if s else "-",
                 _fmt(s["test"]["fused"]["acc"]) if s else "-",
                 _fmt(s.get("imbalance_test"), 2) if s else "-",
+                {True: "yes", False: "no"}.get(improving[r.name], "-"),
                 "finished" if s else "running or stopped",
             ]
         )
-    page.table(["run folder", "method / data / seed", "best epoch", "test acc", "imbalance", "state"], rows)
+    header = ["run folder", "method / data / seed", "best epoch", "test acc", "imbalance", "still improving", "state"]
+    page.table(header, rows)
+    if any(improving.values()):
+        page.paragraph(
+            "still improving: validation accuracy peaked in the run's last max(2, 10 %) epochs; more epochs "
+            "may help (--epochs N).",
+            note=True,
+        )
 
     if per_run:
         for r in runs:

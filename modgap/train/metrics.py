@@ -9,6 +9,9 @@ Each is checked against scikit-learn in tests/train/test_metrics.py.
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,3 +114,40 @@ class OutputAccumulator:
         """Replace each part by its concatenation over processes (rank order = split order)."""
         gathered = gather_arrays({k: self.get(k) for k in self.parts})
         self.parts = {k: [v] for k, v in gathered.items()}
+
+
+STILL_IMPROVING_SHARE = 0.1
+"""The last max(2, ceil(10 %)) epochs of a run form the window ``still_improving`` looks at."""
+
+
+def still_improving(val_acc: Sequence[float]) -> dict[str, Any]:
+    """Whether validation fused accuracy was still improving when the run stopped: its best epoch (the
+    first epoch of the highest accuracy, the one the protocol reports) is one of the run's last
+    ``window`` = max(2, ceil(10 % of the epochs)) epochs and beat an earlier epoch (so not epoch 0:
+    one epoch shows no trend). A flat plateau never counts (a tie keeps the earlier epoch); a noisy
+    one only when a new high lands in the window (for exchangeable noise about a tenth of the time,
+    and the cost is one advisory line). With the numbers behind it: the window, the best accuracy
+    and the best before the window (None when the window is the whole run)."""
+    curve = [float(v) for v in val_acc]
+    epochs = len(curve)
+    window = max(2, math.ceil(STILL_IMPROVING_SHARE * epochs))
+    best = curve.index(max(curve)) if curve else -1
+    before = curve[: max(epochs - window, 0)]
+    return {
+        "still_improving": best >= max(epochs - window, 1),
+        "best_epoch": best,
+        "epochs": epochs,
+        "window": window,
+        "best_val": curve[best] if curve else None,
+        "best_before_window": max(before) if before else None,
+    }
+
+
+def still_improving_note(summary: dict[str, Any]) -> str | None:
+    """The line a summary of a run that was still improving gets (format_summary, report.html)."""
+    if not summary.get("still_improving"):
+        return None
+    return (
+        f"validation accuracy was still improving at the last epoch (best at epoch {summary['best_epoch']} of "
+        f"{summary['epochs']}); more epochs may help (--epochs N)"
+    )

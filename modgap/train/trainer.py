@@ -12,6 +12,7 @@ import contextlib
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,7 @@ from ..models import MultimodalClassifier
 from ..runs import RunFolder
 from .assemble import Assembly, EvalResult, assemble, evaluate
 from .distributed import ShareState, TrainForward, wrap_ddp
-from .metrics import OutputAccumulator, imbalance_ratio, linear_probe, modality_gap
+from .metrics import OutputAccumulator, imbalance_ratio, linear_probe, modality_gap, still_improving
 from .observers import EpochLog, RunObserver
 from .preemption import Preempted, StopSignals
 
@@ -229,6 +230,9 @@ class Trainer:
         finished = False
         try:
             self._start()  # inside: a failed start gives back the lock it took (never another's)
+            if self.dist.is_main:
+                for text in self.data.warnings():  # once per run; summary.json keeps them
+                    print(f"modgap: warning: {text}", file=sys.stderr)
             for observer in self.observers:
                 observer.started(self.run, self.config, self.state.step, self.state.epoch)
             with StopSignals() as signals:
@@ -487,6 +491,7 @@ class Trainer:
         self, train_out: OutputAccumulator, test_out: OutputAccumulator, alpha_last: float | None
     ) -> dict[str, Any]:
         records = self.run.read_metrics()
+        improving = still_improving([r["val"]["fused"]["acc"] for r in records])
         by_epoch = {r["epoch"]: r for r in records}
         last = records[-1]
         best = by_epoch.get(self.state.best_epoch, last)
@@ -523,6 +528,9 @@ class Trainer:
             "wall_s": round(self.state.wall_s, 2),
             "epochs": self.state.epoch,
             "skipped_steps": self.state.skipped_steps,
+            "still_improving": improving.pop("still_improving"),
+            "still_improving_detail": improving,
+            "warnings": self.data.warnings(),
             **({"amp_skipped_steps": self.precision.loss_scale.skipped} if self.precision.loss_scale else {}),
             "split_checksum": self.data.split_checksum(),
             "version": __version__,

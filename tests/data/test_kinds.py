@@ -274,3 +274,55 @@ def test_configs_load():
         assert config.data.name == name and config.train.epochs >= 1
         build_method(config.method, modalities, 3, {m: 8 for m in modalities})  # method options are valid
     assert make_config(root / "twitter2015.yaml").optim.name == "adam"
+
+
+# ------------------------------------------------------------------------------------ upscaling
+CSV_FIX = "set data.options.image_size={size} (or prepare with --image-size {size})"
+
+
+def test_upscale_warning_more_than_twice_a_side():
+    from modgap.data.kinds import FramesKind, ImageKind, TextKind, upscale_warning
+
+    image = ImageKind(image_size=224)
+    assert upscale_warning("photo", image, [[32, 32]], CSV_FIX) == (
+        "photo: images of 32x32 are upscaled to 224x224 (49x the pixels); set data.options.image_size=32 "
+        "(or prepare with --image-size 32) to train at their size")
+    assert upscale_warning("photo", image, [[224, 224]], CSV_FIX) is None          # trained at their size
+    assert upscale_warning("photo", image, [[112, 112]], CSV_FIX) is None          # exactly 2x: not more
+    assert upscale_warning("photo", image, [[112, 300]], CSV_FIX) is None
+    assert upscale_warning("photo", image, [[640, 480]], CSV_FIX) is None          # downscaled
+    assert "images of 111x111 are upscaled to 224x224 (4.1x the pixels)" in upscale_warning(
+        "photo", image, [[111, 111]], CSV_FIX)
+    # one side stretched more than 2x is enough; the suggested size is the larger side
+    assert upscale_warning("photo", image, [[300, 100]], "prepare with --image-size {size}").endswith(
+        "images of 300x100 are upscaled to 224x224 (1.7x the pixels); prepare with --image-size 300 to train at "
+        "their size")
+    # the typical (median by area) sampled image decides, not one odd thumbnail
+    assert upscale_warning("photo", image, [[500, 400], [32, 32], [600, 400]], CSV_FIX) is None
+    assert "images of 40x30" in upscale_warning("photo", image, [[40, 30], [32, 32], [600, 400]], CSV_FIX)
+    # frames say frames; kinds without images and folders without recorded sizes never warn
+    frames = FramesKind(image_size=112)
+    assert upscale_warning("clip", frames, [[40, 30]], CSV_FIX).startswith("clip: frames of 40x30 are upscaled "
+                                                                            "to 112x112 (10x the pixels)")
+    assert upscale_warning("photo", image, [], CSV_FIX) is None
+    assert upscale_warning("caption", TextKind(), [[32, 32]], CSV_FIX) is None
+
+
+def test_source_size_reads_headers(tmp_path):
+    from modgap.data.kinds import AudioKind, FramesKind, ImageKind
+
+    assert ImageKind().source_size(jpg(tmp_path / "a.jpg", 0, (40, 30))) == (40, 30)
+    assert ImageKind().source_size(tmp_path / "missing.jpg") is None
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    assert ImageKind().source_size(tmp_path / "bad.jpg") is None
+    jpg(tmp_path / "clip" / "00001.jpg", 1, (50, 20))
+    jpg(tmp_path / "clip" / "00000.jpg", 2, (64, 48))
+    assert FramesKind().source_size(tmp_path / "clip") == (64, 48)  # the first frame in name order
+    assert FramesKind().source_size((str(tmp_path / "clip"), 0, 1)) == (64, 48)  # a frame range's video
+    assert AudioKind().source_size(tmp_path / "a.jpg") is None
+    cv2 = pytest.importorskip("cv2")
+    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (40, 24))
+    for _ in range(3):
+        writer.write(np.zeros((24, 40, 3), dtype=np.uint8))
+    writer.release()
+    assert FramesKind().source_size(tmp_path / "v.avi") == (40, 24)

@@ -296,3 +296,72 @@ def test_manifest_bad_samples_stop_or_skip(tmp_path, tiny_bert, capsys):
                  *TRAIN_ARGS, "--set", f"model.text_model={tiny_bert}", *[a for s in sets for a in ("--set", s)]])
     err_text = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err_text[-1].startswith("modgap: error: ") and "3.txt: not UTF-8 text" in err_text[-1]
+
+
+# ----------------------------------------------------------------------------------- upscaling
+def small_images(root: Path, n: int, photo: int, scan: int) -> Path:
+    """n rows of two image columns: photo (photo x photo .jpg) and scan (scan x scan .png)."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 256, (photo, photo, 3), dtype=np.uint8)).save(root / "img" / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (scan, scan, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        rows.append([f"s{i}", "cat" if i % 2 else "dog", f"img/{i}.jpg", f"img/{i}.png"])
+    return write_manifest(root, ["id", "label", "photo", "scan"], rows)
+
+
+def test_upscaled_images_warn_once_and_are_recorded(tmp_path, capsys):
+    """32 x 32 photos at the default 224: one warning naming the option; 112 x 112 scans (2x) none."""
+    csv_path = small_images(tmp_path, 8, photo=32, scan=112)
+    run = tmp_path / "run"
+    code = main(["train", "--data", f"manifest:{csv_path}", "--method", "joint", "--out", str(run), *TRAIN_ARGS])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    text = ("photo: images of 32x32 are upscaled to 224x224 (49x the pixels); set data.options.image_size=32 "
+            "(or prepare with --image-size 32) to train at their size")
+    assert err.count("warning") == 1 and err.count(f"modgap: warning: {text}\n") == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["warnings"] == [text]
+    assert main(["report", str(run), "--no-model", "--out", str(tmp_path / "rep")]) == 0  # and the report shows it
+    assert f"Warning: {text}." in (tmp_path / "rep" / "report.html").read_text()
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["warnings"] == [text]
+    # the sizes were recorded at prepare time, from the files' headers
+    cache = next((tmp_path / ".modgap-cache").iterdir())
+    entries = json.loads((cache / "manifest.json").read_text())["modalities"]
+    assert entries["photo"]["source_sizes"] == [[32, 32]] * 8 and entries["scan"]["source_sizes"] == [[112, 112]] * 8
+    # at their size: no warning
+    run2 = tmp_path / "run2"
+    code = main(["train", "--data", f"manifest:{csv_path}", "--method", "joint", "--out", str(run2), *TRAIN_ARGS,
+                 "--set", "data.options.image_size=32"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning" not in err
+    assert json.loads((run2 / "summary.json").read_text())["warnings"] == []
+
+
+def test_prepare_warns_and_a_prepared_folder_warns_again_at_train(tmp_path, capsys, monkeypatch):
+    """`modgap prepare` reads a few headers (never every image) and warns; training on the folder
+    warns again, naming what changes a prepared folder."""
+    from modgap.data import kinds
+
+    csv_path = small_images(tmp_path, 20, photo=32, scan=224)
+    reads = []
+    original = kinds.image_size_of
+    monkeypatch.setattr(kinds, "image_size_of", lambda path: reads.append(path) or original(path))
+    out = tmp_path / "prepared"
+    assert main(["prepare", "manifest", "--src", str(csv_path), "--out", str(out), "--image-size", "112",
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert len(reads) == 2 * kinds.SIZE_SAMPLES < 2 * 20
+    text = "photo: images of 32x32 are upscaled to 112x112 (12x the pixels); {} to train at their size"
+    assert err.count("warning") == 1 and f"modgap: warning: {text.format('prepare with --image-size 32')}\n" in err
+    entries = json.loads((out / "manifest.json").read_text())["modalities"]
+    assert entries["photo"]["source_sizes"] == [[32, 32]] * kinds.SIZE_SAMPLES
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"manifest:{out}", "--method", "joint", "--out", str(run), *TRAIN_ARGS]) == 0
+    err = capsys.readouterr().err
+    again = text.format("prepare the folder again with --image-size 32")
+    assert err.count("warning") == 1 and f"modgap: warning: {again}\n" in err
+    assert json.loads((run / "summary.json").read_text())["warnings"] == [again]

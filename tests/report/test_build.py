@@ -261,3 +261,33 @@ def test_bench_report_bars_and_overlaid_alpha(bench_dir, tmp_path):
             method, _, seed = label.split(" / ")
             records = read_records(bench_dir / f"mfeat-pix+fou__{method}__{seed}")
             assert_same(line["y"], recorded(records, path))
+
+
+def test_still_improving_is_marked_on_the_run_page_and_in_the_runs_table(tmp_path):
+    root = tmp_path / "bench"
+    _train(root / "rising", "--method", "joint", "--set", "optim.lr=0.01", epochs=2)
+    _train(root / "flat", "--method", "joint", "--set", "optim.lr=1e-12", epochs=3)  # every epoch ties
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out), "--runs", "--no-model"]) == 0
+    made = json.loads((out / "report.json").read_text())
+    assert made["still_improving"] == {"flat": False, "rising": True}
+    assert made["runs"]["rising"]["still_improving"] is True and made["runs"]["flat"]["still_improving"] is False
+    html = (out / "report.html").read_text()
+    # the runs table: a column, yes for the rising run and no for the flat one
+    table = html[html.index("<th>still improving</th>") - 400:]
+    table = table[: table.index("</table>")]
+    rows = {name: row for row in table.split("<tr>") for name in ("rising", "flat") if f">{name}<" in row}
+    assert ">yes<" in rows["rising"] and ">no<" in rows["flat"]
+    # the rising run's own section says so, right under its learning curves; the flat one's does not
+    note = ("Note: validation accuracy was still improving at the last epoch (best at epoch 1 of 2); more epochs "
+            "may help (--epochs N).")
+    assert html.count("was still improving") == 1
+
+    def section(run: Path) -> str:
+        start = html.index(f"Run {run} ")
+        return html[start: html.find("<h2", start)]
+
+    rising = section(root / "rising")
+    assert note in rising
+    assert rising.index("Learning curves</h3>") < rising.index(note) < rising.index("Alpha</h3>")
+    assert "still improving" not in section(root / "flat")

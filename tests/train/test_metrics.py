@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
 from modgap.train.metrics import (accuracy, average_precision, classification_metrics, imbalance_ratio,
-                                  linear_probe, macro_f1, mean_average_precision, modality_gap, softmax)
+                                  linear_probe, macro_f1, mean_average_precision, modality_gap, softmax,
+                                  still_improving, still_improving_note)
 
 
 def sklearn_map(logits: np.ndarray, y: np.ndarray) -> float:
@@ -143,3 +144,40 @@ def test_linear_probe_separable():
     assert linear_probe(xtr, ytr, xte, yte) > 0.95
     # and it is not trivially high: on shuffled test labels it is near chance
     assert linear_probe(xtr, ytr, xte, rng.permutation(yte)) < 0.6
+
+
+# ------------------------------------------------------------------------------ still improving
+# the val fused accuracy of the README's default run (lfm-lb on mfeat, 30 epochs): best at epoch 11, then flat
+DEFAULT_RUN = [0.7125, 0.8125, 0.9375, 0.95, 0.95625, 0.96875, 0.975, 0.975, 0.98125, 0.98125, 0.98125,
+               0.9875] + [0.98125] * 18
+
+
+@pytest.mark.parametrize("curve, best, window, improving", [
+    ([0.2, 0.4, 0.5, 0.55, 0.6, 0.62, 0.63, 0.64], 7, 2, True),        # rising to the end
+    ([0.2, 0.4, 0.5, 0.55, 0.6, 0.62, 0.64, 0.63], 6, 2, True),        # best one before the last: still in the window
+    ([0.2, 0.4, 0.5, 0.64, 0.6, 0.62, 0.63, 0.63], 3, 2, False),       # peaked early
+    (DEFAULT_RUN, 11, 3, False),                                        # the plateaued default run
+    ([0.5] * 10, 0, 2, False),                                          # flat: a tie keeps the first epoch
+    ([0.5, 0.7, 0.8] + [0.8] * 27, 2, 3, False),                        # reached its high early and stayed there
+    ([0.5] * 27 + [0.5, 0.51, 0.5], 28, 3, True),                       # a new high in the window counts
+    ([0.5] * 26 + [0.51, 0.5, 0.5, 0.5], 26, 3, False),                 # ... one just before it does not
+    ([0.3, 0.4], 1, 2, True),                                           # two epochs: the second beat the first
+    ([0.4, 0.4], 0, 2, False),                                          # ... or did not
+    ([0.4], 0, 2, False),                                               # one epoch shows no trend
+    ([0.1 * i for i in range(21)], 20, 3, True),                        # window max(2, ceil(10 %)): 21 epochs -> 3
+])
+def test_still_improving_rule(curve, best, window, improving):
+    result = still_improving(curve)
+    assert result["still_improving"] is improving
+    assert result["best_epoch"] == best and result["window"] == window and result["epochs"] == len(curve)
+    assert result["best_val"] == max(curve)
+    before = curve[: len(curve) - window]
+    assert result["best_before_window"] == (max(before) if before else None)
+
+
+def test_still_improving_note_text():
+    summary = {"still_improving": True, "best_epoch": 7, "epochs": 8}
+    assert still_improving_note(summary) == ("validation accuracy was still improving at the last epoch "
+                                             "(best at epoch 7 of 8); more epochs may help (--epochs N)")
+    assert still_improving_note({**summary, "still_improving": False}) is None
+    assert still_improving_note({"best_epoch": 7, "epochs": 8}) is None  # a summary from before the key
