@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild an existing prepared folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    from .launchers import LAUNCHERS, SLURM_OPTIONS
+
     b = sub.add_parser(
         "bench",
         help="run a grid of methods x datasets x seeds and tabulate it",
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  modgap bench --methods unimodal,joint,lfm-h,lfm-lb --data mfeat:pix+fou,mfeat:fac+mor "
         "--seeds 0,1,2 --out bench/mfeat\n"
         "  modgap bench --methods 'lfm-h[schedule=constant,w0=0.5],lfm-lb' --data mfeat --seeds 0,1 --out bench/x\n"
+        "  modgap bench --methods joint,lfm-lb --data mfeat --seeds 0,1,2 --out bench/x --jobs 6 \\\n"
+        "      --launcher slurm --slurm partition=gpu,time=120,gpus=1,cpus=8 --no-wait   (docs/cluster.md)\n"
         "  modgap bench --collect bench/mfeat",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -134,7 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=int, metavar="N", help="epochs for every run")
     b.add_argument("--config", metavar="FILE", help="a YAML config applied to every run")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    b.add_argument("--collect", metavar="DIR", help="only rebuild the tables of an existing bench folder")
+    b.add_argument(
+        "--collect",
+        metavar="DIR",
+        help="only rebuild the tables of a bench folder (its finished cells, while jobs still run too)",
+    )
+    b.add_argument(
+        "--launcher",
+        default="local",
+        choices=list(LAUNCHERS),
+        help="where the cells run (default local): " + "; ".join(f"{n}: {one.summary}" for n, one in LAUNCHERS.items()),
+    )
+    b.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help=f"Slurm options ({', '.join(SLURM_OPTIONS)}; time in minutes or [D-]HH:MM:SS), e.g. "
+        "partition=gpu,time=120,gpus=1",
+    )
+    b.add_argument("--slurm-config", metavar="FILE", help="a YAML file of the same keys (--slurm wins)")
+    b.add_argument("--no-wait", action="store_true", help="submit the jobs, print their ids and return (collect later)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
     tu = sub.add_parser(
@@ -479,11 +503,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, split_list
-    from .report.tables import collect, markdown
+    from .bench import SUBMITIT_DIR, bench, split_list, tabulate
+    from .report.tables import markdown
 
     if args.collect:
-        print(markdown(collect(args.collect)))
+        table = tabulate(args.collect)
+        if table["aggregate"] is None:
+            unfinished = f"{len(table['unfinished'])} of {table['grid']} cells unfinished"
+            raise RunFolderError(f"{args.collect}: no finished runs yet ({unfinished})")
+        print(markdown(table["aggregate"]))
+        _unfinished(table, args.collect)
         return 0
     missing = [
         flag for flag, value in (("--methods", args.methods), ("--data", args.data), ("--out", args.out)) if not value
@@ -491,22 +520,61 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"modgap bench needs {', '.join(missing)} (or --collect DIR)")
     seeds = _seed_list("--seeds", args.seeds)
-    result = bench(
-        split_list(args.methods),
-        split_list(args.data),
-        seeds,
-        args.out,
-        jobs=args.jobs,
-        epochs=args.epochs,
-        sets=args.set,
-        config=args.config,
-        progress=not args.quiet,
-    )
-    print(markdown(result["aggregate"]))
+    try:
+        result = bench(
+            split_list(args.methods),
+            split_list(args.data),
+            seeds,
+            args.out,
+            jobs=args.jobs,
+            epochs=args.epochs,
+            sets=args.set,
+            config=args.config,
+            progress=not args.quiet,
+            launcher=args.launcher,
+            slurm=args.slurm,
+            slurm_config=args.slurm_config,
+            wait=not args.no_wait,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"modgap bench: interrupted; the same command again continues the grid (jobs already submitted to "
+            f"Slurm keep running: `modgap bench --collect {args.out}` tabulates them)",
+            file=sys.stderr,
+        )
+        return 130
+    if args.no_wait:
+        if not result["submitted"]:
+            print(f"modgap bench: nothing to submit, the {result['cells']} cells are finished")
+        else:
+            print(
+                f"modgap bench: {result['submitted']} of {result['cells']} cells submitted, job(s) "
+                f"{', '.join(result['job_ids'])} (submitit's logs: {Path(args.out) / SUBMITIT_DIR}); "
+                f"tabulate with `modgap bench --collect {args.out}`, while they run too"
+            )
+        return 0
+    if result["aggregate"] is not None:
+        print(markdown(result["aggregate"]))
     if result["failed"]:
         print(f"modgap: {result['failed']} of {result['cells']} runs failed; see their train.log", file=sys.stderr)
-        return 1
-    return 0
+    if result["elsewhere"]:
+        print(
+            f"modgap: {result['elsewhere']} of {result['cells']} runs are running elsewhere; "
+            f"tabulate them later with `modgap bench --collect {args.out}`",
+            file=sys.stderr,
+        )
+    return 1 if result["failed"] or result["elsewhere"] else 0
+
+
+def _unfinished(table: dict[str, Any], folder: str) -> None:
+    names = table["unfinished"]
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        print(
+            f"modgap bench: {len(names)} of {table['grid']} cells of {folder} unfinished ({shown}): queued, running "
+            f"or failed (their train.log says which)",
+            file=sys.stderr,
+        )
 
 
 def _seed_list(flag: str, text: str) -> list[int]:

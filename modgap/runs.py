@@ -182,10 +182,7 @@ class RunFolder:
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
+                pid = self._lock_pid()
                 if pid and process_alive(pid):
                     raise RunFolderError(
                         f"{self.path}: in use by process {pid} (remove {lock} if that is wrong)"
@@ -197,6 +194,19 @@ class RunFolder:
             self._lock_held = True
             return
         raise RunFolderError(f"{self.path}: cannot take the lock {lock}")
+
+    def _lock_pid(self) -> int:
+        """The pid in the lock file; 0 when there is none or it cannot be read."""
+        try:
+            return int((self.path / LOCK_FILE).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def holder(self) -> int | None:
+        """The pid of a live process that holds this folder's lock (another job is training the run), else
+        None. A pid is checked on this machine only (docs/reliability.md: the lock is for one machine)."""
+        pid = self._lock_pid()
+        return pid if pid and not self._lock_held and process_alive(pid) else None
 
     def release(self) -> None:
         if self._lock_held:

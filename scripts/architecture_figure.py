@@ -30,7 +30,7 @@ LAYERS = [
     (["methods"], "METHODS, one file per method; Method hooks, Options; compose (a+b)"),
     (["train"], "assemble, BatchPlan, BatchLoader, Trainer loop, metrics, precision, distributed"),
     (["report"], "tables, plots, report.html, analyses of a trained run"),
-    (["bench", "tune"], "grids of runs (methods x datasets x seeds), results tables"),
+    (["bench", "tune", "launchers"], "grids of runs (methods x datasets x seeds), results tables; here or Slurm"),
     (["cli", "__main__", "__init__"], "modgap train / prepare / bench / report / analyze / list"),
 ]
 COLOURS = ["#e0e0e0", "#d9d2e9", "#cfe2f3", "#d9ead3", "#fff2cc", "#fce5cd", "#f4cccc", "#ead1dc", "#c9daf8"]
