@@ -143,7 +143,8 @@ def test_kill_then_resume_equals_uninterrupted(tmp_path, method, fault, uninterr
 @pytest.mark.parametrize("method, fault, why", [
     ("lfm-lb", "checkpoint_write:1", "before the first checkpoint: the resume starts over"),
     ("joint", "metrics_append:2", "epoch 1's record on disk, its checkpoint not: cut back and replayed"),
-    ("joint", "file_write:3", "summary.json half-written (temp file): recomputed from best.pt"),
+    # file writes: config.yaml, splits.json, the scalars.csv header, then summary.json
+    ("joint", "file_write:4", "summary.json half-written (temp file): recomputed from best.pt"),
     ("lfm-lb", f"evaluate:{2 * EPOCHS + 1}", "during the final evaluation, after the last checkpoint"),
 ])
 def test_kill_at_the_other_points(tmp_path, method, fault, why, uninterrupted):
