@@ -17,6 +17,7 @@ EPILOG_TRAIN = """examples:
   modgap train --data mfeat:fac+mor --method lfm-h --set method.schedule=exp
   modgap train --data tables:my_folder --method lfm-lb --set method.matching=infonce
   modgap train --out runs/x --resume              # continue an interrupted run
+  modgap train --set log.backends=[tensorboard,mlflow]   # also mirror it (docs/tracking.md)
 """
 
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument(
-        "--config", metavar="FILE", help="YAML file with any of the sections data, model, optim, train, method"
+        "--config", metavar="FILE", help="YAML file with any of the sections data, model, optim, train, log, method"
     )
     t.add_argument(
         "--data", metavar="NAME[:ARG]", help="dataset, e.g. mfeat, mfeat:pix+fou, tables:PATH (default mfeat)"
@@ -217,14 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser(
         "list",
-        help="list datasets, methods, schedules, encoders, fusions",
+        help="list datasets, methods, schedules, encoders, fusions, trackers",
         description="List the registered components.",
     )
     ls.add_argument(
         "what",
         nargs="?",
         default="all",
-        choices=["all", "datasets", "methods", "schedules", "presets", "encoders", "fusions", "matching"],
+        choices=["all", "datasets", "methods", "schedules", "presets", "encoders", "fusions", "matching", "trackers"],
     )
     return parser
 
@@ -275,22 +276,28 @@ def overrides_from_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import build, make_config
-    from .train.trainer import load_run_config, train
+    from .config import build, check, dotted_to_nested, make_config
+    from .tracking import train_tracked
+    from .train.trainer import load_run_config
 
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
-        if args.config or args.data or args.modalities or args.method or args.seed is not None or args.set:
-            raise ConfigError("--resume continues a run with its saved configuration; only --epochs may change")
+        changed = [item for item in args.set if not item.startswith("log.")]  # log.* does not change a number
+        if args.config or args.data or args.modalities or args.method or args.seed is not None or changed:
+            raise ConfigError(
+                "--resume continues a run with its saved configuration; only --epochs and --set log.* may change"
+            )
         if not (Path(args.out) / "config.yaml").exists():
             raise RunFolderError(f"{args.out}: nothing to resume (no config.yaml); start a run there without --resume")
         config = load_run_config(args.out)
         config = build(
             type(config),
-            {"train": {"epochs": args.epochs or config.train.epochs, "progress": not args.quiet}},
+            {"train": {"epochs": args.epochs or config.train.epochs, "progress": not args.quiet}}
+            | dotted_to_nested(args.set),
             base=config,
         )
+        check(config)
     else:
         config = make_config(args.config, overrides_from_flags(args), args.set)
     from .methods.base import check_method_settings, method_classes
@@ -303,7 +310,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from_flags = any(item.startswith("methods.") for item in args.set)  # else the file holds the bad entry
         raise ConfigError(f"{args.config}: {exc}" if args.config and not from_flags else str(exc)) from None
     check_method_options(config.method)  # and so does a mistyped method.* key
-    summary = train(config, out=args.out or config.out, resume=args.resume)
+    # train_tracked checks log.backends (an unknown name, a package not installed) before any data is read
+    summary = train_tracked(config, out=args.out or config.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
         print(format_summary(summary))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -507,6 +515,7 @@ def cmd_list(what: str) -> int:
     from .methods.matching import MATCHING
     from .methods.schedules import SCHEDULES
     from .models import ENCODERS, FUSIONS
+    from .tracking import BACKENDS
 
     def first_line(doc: str | None) -> str:
         return (doc or "").strip().splitlines()[0] if doc else ""
@@ -519,6 +528,7 @@ def cmd_list(what: str) -> int:
         "encoders": [(n, first_line(f.__doc__) or "") for n, f in ENCODERS.items()],
         "fusions": [(n, first_line(c.__doc__)) for n, c in FUSIONS.items()],
         "presets": _presets(),
+        "trackers": [(n, c.summary) for n, c in BACKENDS.items()],
     }
     chosen = sections if what == "all" else {what: sections[what]}
     for title, rows in chosen.items():
