@@ -14,6 +14,6 @@ evaluation protocol. Public API:
 __version__ = "0.2.0"
 
 from .config import Config, make_config  # noqa: E402
-from .train.trainer import train as fit  # noqa: E402  (modgap.train stays the subpackage)
+from .tracking import train_tracked as fit  # noqa: E402  (modgap.train stays the subpackage)
 
 __all__ = ["Config", "make_config", "fit", "__version__"]

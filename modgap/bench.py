@@ -12,6 +12,8 @@ jobs still run (every cell's cell.json is written first, so it knows which are u
 
 Method entries may carry options: ``lfm-h[schedule=constant,w0=0.5]`` (the label names the cell).
 ``--set method.KEY=VALUE`` applies to every method whose options have KEY; it is an error if none has.
+Every other ``--set`` goes to every cell (``log.*`` to resumed cells too: ``--set log.backends=[...]``
+has every run of the bench tracked, docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .config import dotted_to_nested, parse_value
+from .config import dotted_to_nested, make_config, parse_value
 from .errors import ConfigError
 from .launchers import LAUNCHERS, get_launcher, job_parameters, launch, slurm_parameters
 from .methods.base import method_classes
 from .report.tables import collect
 from .runs import SUMMARY_FILE, RunFolder, atomic_write_text
+from .tracking import check_backends
 
 CELL_FILE = "cell.json"
 SUBMITIT_DIR = ".submitit"
@@ -149,6 +152,9 @@ def run_cell(cell: Cell, root: Path, config, epochs, general, method_options) ->
         cmd = [sys.executable, "-m", "modgap", "train", "--out", str(out), "--resume", "--quiet"]
         if epochs is not None:
             cmd += ["--epochs", str(epochs)]
+        for item in general:  # a resume keeps the saved configuration, but log.* may change (tracking)
+            if item.startswith("log."):
+                cmd += ["--set", item]
     else:
         run.clear_unstarted()  # started but killed before its first checkpoint: start over
         cmd = cell_command(cell, out, config, epochs, general, name, options)
@@ -200,6 +206,7 @@ def bench(
     root = Path(out).absolute()  # a job may start elsewhere
     names = [parse_method(m)[0] for m in methods]
     general, method_options = method_sets(sets or [], names)
+    check_backends(make_config(config, None, general).log)  # each cell would fail on it: say it once, first
     cells = [Cell(d, m, s) for d in data for m in methods for s in seeds]
     root.mkdir(parents=True, exist_ok=True)
     for cell in cells:

@@ -20,6 +20,7 @@ EPILOG_TRAIN = """examples:
   modgap train --data mfeat:fac+mor --method lfm-h --set method.schedule=exp
   modgap train --data tables:my_folder --method lfm-lb --set method.matching=infonce
   modgap train --out runs/x --resume              # continue an interrupted run
+  modgap train --set log.backends=[tensorboard,mlflow]   # also mirror it (docs/tracking.md)
 """
 
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument(
-        "--config", metavar="FILE", help="YAML file with any of the sections data, model, optim, train, method"
+        "--config", metavar="FILE", help="YAML file with any of the sections data, model, optim, train, log, method"
     )
     t.add_argument(
         "--data", metavar="NAME[:ARG]", help="dataset, e.g. mfeat, mfeat:pix+fou, tables:PATH (default mfeat)"
@@ -300,14 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser(
         "list",
-        help="list datasets, methods, schedules, encoders, fusions",
+        help="list datasets, methods, schedules, encoders, fusions, trackers",
         description="List the registered components.",
     )
     ls.add_argument(
         "what",
         nargs="?",
         default="all",
-        choices=["all", "datasets", "methods", "schedules", "presets", "encoders", "fusions", "matching"],
+        choices=["all", "datasets", "methods", "schedules", "presets", "encoders", "fusions", "matching", "trackers"],
     )
     return parser
 
@@ -368,7 +369,8 @@ def overrides_from_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import make_config
-    from .train.trainer import load_run_config, train
+    from .tracking import train_tracked
+    from .train.trainer import load_run_config
 
     resume = bool(args.resume)
     if args.resume not in (None, "yes", "auto"):
@@ -400,7 +402,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.preemption import Preempted, request_requeue
 
     try:
-        summary = train(config, out=args.out or config.out, resume=resume)
+        # train_tracked checks log.backends (an unknown name, a package not installed) before any data is read
+        summary = train_tracked(config, out=args.out or config.out, resume=resume)
     except Preempted:
         if args.requeue:
             print(f"modgap: {request_requeue()}", file=sys.stderr)
@@ -419,8 +422,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-RESUME_MAY_CHANGE = ("train.epochs", "train.progress")
-"""What a resumed run may set differently from its saved configuration (the rest would change its numbers)."""
+RESUME_MAY_CHANGE = ("train.epochs", "train.progress", "log.")
+"""What a resumed run may set differently from its saved configuration (the rest would change its numbers;
+log.* only changes where the run is mirrored)."""
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -441,7 +445,7 @@ def resumed_config(args: argparse.Namespace, saved: Config) -> Config:
     """The saved configuration of the run in --out, with --epochs (and --quiet) applied. Any other setting the
     command gives (the original command, retyped) must equal the saved one: the first that differs is refused,
     named with both values."""
-    from .config import build, dotted_to_nested, load_yaml, make_config
+    from .config import build, check, dotted_to_nested, load_yaml, make_config
 
     given: dict[str, Any] = {}
     for layer in (
@@ -460,13 +464,16 @@ def resumed_config(args: argparse.Namespace, saved: Config) -> Config:
             if new != old:
                 raise ConfigError(
                     f"--resume: {path} is {new!r} here but {old!r} in the run in {args.out}; a resumed run keeps "
-                    f"its settings (only --epochs may change): drop it or start another --out"
+                    f"its settings (only --epochs and --set log.* may change): drop it or start another --out"
                 )
-    return build(
+    logging = dotted_to_nested([item for item in args.set if item.startswith("log.")])
+    config = build(
         type(saved),
-        {"train": {"epochs": args.epochs or saved.train.epochs, "progress": not args.quiet}},
+        {"train": {"epochs": args.epochs or saved.train.epochs, "progress": not args.quiet}} | logging,
         base=saved,
     )
+    check(config)
+    return config
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -751,6 +758,7 @@ def cmd_list(what: str) -> int:
     from .methods.matching import MATCHING
     from .methods.schedules import SCHEDULES
     from .models import ENCODERS, FUSIONS
+    from .tracking import BACKENDS
 
     def first_line(doc: str | None) -> str:
         return (doc or "").strip().splitlines()[0] if doc else ""
@@ -763,6 +771,7 @@ def cmd_list(what: str) -> int:
         "encoders": [(n, first_line(f.__doc__) or "") for n, f in ENCODERS.items()],
         "fusions": [(n, first_line(c.__doc__)) for n, c in FUSIONS.items()],
         "presets": _presets(),
+        "trackers": [(n, c.summary) for n, c in BACKENDS.items()],
     }
     chosen = sections if what == "all" else {what: sections[what]}
     for title, rows in chosen.items():

@@ -121,11 +121,26 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where a run is mirrored besides its run folder (tracking.py); the run folder stays the record.
+    It does not change a number: a resume may change it (``--resume --set log.backends=[...]``)."""
+
+    backends: tuple[str, ...] = ()
+    """Trackers that mirror the run folder as it grows: tensorboard, mlflow (docs/tracking.md)."""
+    experiment: str = "modgap"
+    """MLflow experiment the run is logged under."""
+    mlflow_uri: str = ""
+    """MLflow tracking URI; empty: $MLFLOW_TRACKING_URI if set, else a SQLite store beside the run
+    folder (<parent>/mlflow.db, artifacts in <parent>/mlartifacts)."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "lfm-lb"})
     """`name` plus that method's options (`modgap list methods`)."""
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -361,6 +376,8 @@ def check(config: Config) -> None:
             f"backward can crash for narrow ResNets (see train/precision.py)",
         ),
         (isinstance(config.method.get("name"), str), "method.name must be a string"),
+        (config.log.experiment.strip() != "", "log.experiment must not be empty"),
+        (len(set(config.log.backends)) == len(config.log.backends), "log.backends names a backend twice"),
     ]
     for name, options in config.methods.items():
         if not isinstance(options, dict):

@@ -7,6 +7,7 @@
     scalars.csv        every per-step value (loss terms, Method.scalars), long format
     summary.json       the final record
     checkpoints/       last.pt (and last.prev.pt, the one before it) and best.pt
+    tracking.json      with log.backends: what the trackers mirrored (tracking.py), tensorboard/ their events
 
 Every whole-file write goes to a temporary file in the same folder, is flushed to disk and renamed
 over the target, so a crash leaves the old file or the new one, never half of one. Checkpoints
@@ -51,6 +52,8 @@ LAST = "last.pt"
 PREVIOUS = "last.prev.pt"
 BEST = "best.pt"
 LOCK_FILE = ".lock"
+TRACKING_FILE = "tracking.json"
+TENSORBOARD_DIR = "tensorboard"
 
 # a tune folder (modgap tune; tune.py): the search, its trials' table, the best configuration, final runs
 TUNE_SPEC_FILE = "tune.json"
@@ -235,6 +238,16 @@ class RunFolder:
         """summary.json, or None while the run has not finished."""
         path = self.path / SUMMARY_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run folder, or None when there is none (RunFolderError when unreadable)."""
+        path = self.path / name
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
 
     def write_json(self, name: str, data: Any) -> None:
         with writing(self.path / name):

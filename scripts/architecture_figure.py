@@ -29,7 +29,7 @@ LAYERS = [
     (["data"], "DATASETS, one file per dataset; Batch; splits; prepare / prepared caches"),
     (["methods"], "METHODS, one file per method; Method hooks, Options; compose (a+b)"),
     (["train"], "assemble, BatchPlan, BatchLoader, Trainer loop, metrics, precision, distributed"),
-    (["report"], "tables, plots, report.html, analyses of a trained run"),
+    (["report", "tracking"], "tables, plots, report.html, analyses of a trained run; TensorBoard, MLflow trackers"),
     (["bench", "tune", "launchers"], "grids of runs (methods x datasets x seeds), results tables; here or Slurm"),
     (["cli", "__main__", "__init__"], "modgap train / prepare / bench / report / analyze / list"),
 ]

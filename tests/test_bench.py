@@ -95,3 +95,32 @@ def test_the_unimodal_reference_comes_from_the_method_classes():
             "unimodal[label_mix=0.1]": {"modalities": {"a": (0.8, 0.0), "b": (0.4, 0.0)}}}
     assert best_unimodal(rows) == 0.8  # joint's heads never count
     assert best_unimodal({"joint": rows["joint"]}) is None
+
+
+def test_every_cell_of_a_bench_is_tracked(tmp_path, capsys):
+    """--set log.* reaches every cell's run, a resumed one's too; a bad backend stops the bench before any cell."""
+    pytest.importorskip("tensorboard")
+    import shutil
+
+    import yaml
+
+    out = tmp_path / "b"
+    args = ["bench", "--methods", "joint,unimodal", "--data", "mfeat:pix+fou", "--seeds", "0", "--epochs", "1",
+            "--out", str(out), "--quiet", "--jobs", "2", *TINY]
+    assert main([*args, "--set", "log.backends=[tensorbord]"]) == 2
+    assert "did you mean 'tensorboard'" in capsys.readouterr().err and not list(out.glob("*/"))
+    assert main([*args, "--set", "log.backends=[tensorboard]"]) == 0
+    cells = sorted(p for p in out.iterdir() if (p / "config.yaml").exists())
+    assert len(cells) == 2
+    for cell in cells:
+        assert list((cell / "tensorboard").glob("events.out.tfevents.*")), cell
+    # a cell to resume that started without tracking: the bench's --set log.* turns it on
+    cell = cells[0]
+    (cell / "summary.json").unlink()
+    shutil.rmtree(cell / "tensorboard")
+    (cell / "tracking.json").unlink()
+    config = yaml.safe_load((cell / "config.yaml").read_text())
+    config["log"]["backends"] = []
+    (cell / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main([*args, "--set", "log.backends=[tensorboard]"]) == 0
+    assert list((cell / "tensorboard").glob("events.out.tfevents.*")) and (cell / "summary.json").exists()

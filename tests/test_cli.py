@@ -63,9 +63,9 @@ def test_list_in_process(cli):
     assert [line.split()[0] for line in out.strip().splitlines()] == ["constant", "cosine", "exp", "linear", "paper", "poly"]
     code, out, _ = cli("list")
     assert code == 0
-    for section in ("methods:", "datasets:", "schedules:", "matching:", "encoders:", "fusions:"):
+    for section in ("methods:", "datasets:", "schedules:", "matching:", "encoders:", "fusions:", "trackers:"):
         assert section in out.splitlines()
-    assert "  mfeat" in out and "  infonce" in out
+    assert "  mfeat" in out and "  infonce" in out and "  mlflow" in out
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["list", "--help"]])
@@ -143,8 +143,19 @@ def test_resume_refuses_a_setting_that_differs_naming_both_values(cli, tmp_path,
     cli.train(run, "--method", "joint", "--data", "mfeat:pix+fou", epochs=1)
     before = folder_digest(run)
     code, out, err = cli("train", "--resume", "--out", str(run), "--epochs", "2", *change)
-    assert_one_line_error(code, out, err, fragment, "only --epochs may change")
+    assert_one_line_error(code, out, err, fragment, "only --epochs and --set log.* may change")
     assert folder_digest(run) == before
+
+
+def test_resume_may_change_log_settings(cli, tmp_path):
+    """log.* changes no number: a resume may change it (tests/test_tracking.py turns a tracker on)."""
+    run = tmp_path / "r"
+    cli.train(run, "--method", "joint", epochs=1)
+    code, out, err = cli("train", "--resume", "--out", str(run), "--quiet", "--set", "log.experiment=x")
+    assert code == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["log"]["experiment"] == "x"
+    code, out, err = cli("train", "--resume", "--out", str(run), "--set", "log.experment=x")
+    assert_one_line_error(code, out, err, "did you mean 'log.experiment'")
 
 
 TYPED = ["--method", "lfm-lb", "--seed", "3", "--data", "mfeat:pix+fou", "--set", "model.hidden=[16]",

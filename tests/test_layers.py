@@ -3,7 +3,7 @@
 Layers, lowest first; a module imports only its own package (e.g. data.* from data.*) or modules of
 its own layer or a lower one, and no set of modules imports itself round in a cycle:
 
-    errors < config, registry, faults, runs < models < data < methods < train < report < bench, tune,
+    errors < config, registry, faults, runs < models < data < methods < train < report, tracking < bench, tune,
     launchers < cli, __main__ (and the package face modgap/__init__.py)
 
 Every import counts, including the ones inside functions (a lazy import hides a dependency, it
@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "modgap"
 
 LAYERS = [["errors"], ["config", "registry", "faults", "runs"], ["models"], ["data"], ["methods"], ["train"],
-          ["report"], ["bench", "tune", "launchers"], ["cli", "__main__", "__init__"]]
+          ["report", "tracking"], ["bench", "tune", "launchers"], ["cli", "__main__", "__init__"]]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 FACE_CONSTANTS = {"__version__"}
 

@@ -351,7 +351,7 @@ def of_type(hint) -> st.SearchStrategy:
 
 def _fields() -> dict[str, object]:
     hints = {"out": str | None, "method.name": str}
-    for section in ("data", "model", "optim", "train"):
+    for section in ("data", "model", "optim", "train", "log"):
         for name, hint in typing.get_type_hints(typing.get_type_hints(Config)[section]).items():
             hints[f"{section}.{name}"] = hint
     return hints
@@ -361,7 +361,7 @@ FIELDS = _fields()
 METHOD_OPTIONS = {n: {name: hint for c in method_classes(n) for name, hint in typing.get_type_hints(c.Options).items()}
                   for n in METHODS}
 random_keys = st.one_of(st.text(string.ascii_letters + "._", min_size=1, max_size=16),
-                        st.sampled_from(["data", "model", "optim", "train", "method"]).flatmap(
+                        st.sampled_from(["data", "model", "optim", "train", "log", "method"]).flatmap(
                             lambda s: st.text(string.ascii_lowercase + "_.", min_size=1, max_size=10).map(lambda k: f"{s}.{k}")))
 
 
@@ -401,7 +401,7 @@ def no_training():
 
     calls = []
 
-    def fake_train(config, out=None, resume=False):
+    def fake_train(config, out=None, resume=False, observers=None):
         threads = torch.get_num_threads()
         try:
             trainer.Trainer(config, out or "never-written", resume)
