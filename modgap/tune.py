@@ -58,8 +58,8 @@ from .config import Config, load_yaml, make_config, parse_value
 from .errors import ConfigError, ModgapError, RunFolderError, closest
 from .methods.compose import check_config_methods
 from .runs import BEST_FILE, FINAL_DIR, IMPORTANCE_FILE, TRIALS_FILE, TUNE_SPEC_FILE, RunFolder, atomic_write_text
+from .tracking import check_backends, train_tracked
 from .train.observers import EpochLog, RunObserver
-from .train.trainer import train
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 PRUNERS = ("median", "hyperband", "none")
@@ -238,7 +238,8 @@ class TuneSpec:
                     self.config({key: value}, self.seeds[0])
                 except ConfigError as exc:
                     raise ConfigError(f"--space {key}={param.text}: {exc}") from None
-        self.config({k: p.examples()[0] for k, p in self.space.items()}, self.seeds[0])  # all together too
+        config = self.config({k: p.examples()[0] for k, p in self.space.items()}, self.seeds[0])  # all together too
+        check_backends(config.log)  # a tracker named in log.backends but not installed: say so before any trial
 
 
 def default_study_name(data: str | None, method: str | None) -> str:
@@ -314,7 +315,7 @@ def objective(spec: TuneSpec, trial) -> float:
         out = Path(spec.out) / "trials" / f"{trial.number:04d}-s{seed}"
         trial.set_user_attr("runs", [*trial.user_attrs.get("runs", []), str(out)])
         try:
-            summary = train(config, out, observers=[PruneOnValidation(trial)] if i == 0 else [])
+            summary = train_tracked(config, out, observers=[PruneOnValidation(trial)] if i == 0 else [])
         except Pruned as stop:
             trial.set_user_attr("pruned_epoch", stop.epoch)
             raise optuna.TrialPruned(str(stop)) from None
@@ -540,7 +541,7 @@ def _final_run(best_yaml: Path, out: Path, seed: int, progress: bool) -> None:
         run.clear_unstarted()
     config = make_config(best_yaml, {"train": {"seed": seed, "progress": progress}})
     try:
-        train(config, out, resume=resume)
+        train_tracked(config, out, resume=resume)
     except RunFolderError as exc:
         if "in use by process" not in str(exc):
             raise

@@ -178,3 +178,13 @@ def test_another_search_in_the_same_study_is_refused(cli, tmp_path):
     code, _, err = cli("tune", *BASE, "--space", "method.w0=uniform(0.2,0.8)", "--trials", "1", "--out", str(out),
                        *TINY, *NO_PROBE)
     assert code == 2 and "started with other settings (space differ)" in err
+
+
+def test_every_trial_and_final_run_is_tracked(cli, tmp_path):
+    out = tmp_path / "t"
+    code, _, err = cli(*tune_argv(out, 2, "--final-seeds", "0", "--set", "log.backends=[tensorboard]"))
+    assert code == 0, err
+    runs = [*(out / "trials").iterdir(), *(out / "final").glob("trial-*/s0")]
+    assert len(runs) == 3
+    for run in runs:
+        assert list((run / "tensorboard").glob("events.out.tfevents.*")), run
