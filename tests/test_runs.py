@@ -118,18 +118,13 @@ def add_crash_debris(run: Path, epochs_done: int) -> None:
     """What a process killed during the next epoch may leave: rows and a torn line past the checkpoint."""
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"epoch": %d, "lr": 0.01, "train": {"cls": 2.3' % epochs_done)
-    if (run / "alpha.csv").exists():
-        first = epochs_done * STEPS_PER_EPOCH + 1
-        with (run / "alpha.csv").open("a") as f:
-            for step in range(first, first + 7):
-                f.write(f"{step},{epochs_done},0.500000,0.123\n")
-            f.write(f"{first + 7},{epochs_done},0.5")  # cut short
-    if (run / "scalars.csv").exists():
-        first = epochs_done * STEPS_PER_EPOCH + 1
-        with (run / "scalars.csv").open("a") as f:
-            for step in range(first, first + 5):
-                f.write(f"{step},{epochs_done},0.500000,k/x,0.123\n")
-            f.write(f"{first + 5},{epochs_done},0.5")  # cut short
+    first = epochs_done * STEPS_PER_EPOCH + 1
+    for name, value, rows in (("alpha.csv", "0.123", 7), ("scalars.csv", "k/x,0.123", 5)):
+        if (run / name).exists():
+            with (run / name).open("a") as f:
+                for step in range(first, first + rows):
+                    f.write(f"{step},{epochs_done},0.500000,{value}\n")
+                f.write(f"{first + rows},{epochs_done},0.5")  # cut short
 
 
 def test_resume_after_crash_debris(cli, tmp_path, variant, metrics_of):
