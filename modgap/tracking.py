@@ -77,20 +77,19 @@ def step_points(rows: list[tuple[int, dict[str, float]]]) -> list[Point]:
     return [(step, f"step/{name}", float(value)) for step, values in rows for name, value in values.items()]
 
 
-def points_on_disk(run: RunFolder, steps_done: int, epochs_done: int) -> list[Point]:
+def points_on_disk(run: RunFolder, steps_done: int, epochs_done: int, steps_per_epoch: int) -> list[Point]:
     """What the run folder holds up to its checkpoint, named as the trackers log it. Every epoch
-    takes the same number of optimiser steps (the trainer's steps_per_epoch), so epoch e ended at
-    step (e + 1) * steps_done / epochs_done."""
+    takes the same number of optimiser steps, so epoch e ended at step (e + 1) * steps_per_epoch
+    (a checkpoint taken mid-epoch at a stop signal has more steps than its whole epochs)."""
     points = [
         (int(step), f"step/{name}", value)
         for name, cols in read_scalars(run.path).items()
         for step, value in zip(cols["step"], cols["value"], strict=True)
         if step <= steps_done
     ]
-    per_epoch = steps_done // epochs_done if epochs_done else 0
     for record in run.read_metrics():
         if record["epoch"] < epochs_done:
-            points += epoch_points((record["epoch"] + 1) * per_epoch, record)
+            points += epoch_points((record["epoch"] + 1) * steps_per_epoch, record)
     return sorted(points, key=lambda p: p[0])
 
 
@@ -140,14 +139,14 @@ class Tracker(RunObserver):
         """Make everything written so far durable."""
 
     # ---- the run, told by the trainer
-    def started(self, run: RunFolder, config: Config, steps_done: int, epochs_done: int) -> None:
+    def started(self, run: RunFolder, config: Config, steps_done: int, epochs_done: int, steps_per_epoch: int) -> None:
         self.run = run
         entry = (run.read_json(TRACKING_FILE) or {}).get(self.name)
         if entry is not None and entry["last_step"] > steps_done:  # resumed from last.prev.pt: redo what follows
             entry = {**entry, "last_step": steps_done}
         self.entry = self.open(run, config, entry)
         if steps_done:
-            self.write(self.missing(points_on_disk(run, steps_done, epochs_done), entry))
+            self.write(self.missing(points_on_disk(run, steps_done, epochs_done, steps_per_epoch), entry))
         self.flush(steps_done)
 
     def epoch_done(self, log: EpochLog) -> None:

@@ -293,3 +293,25 @@ def test_missing_package_is_one_line_before_any_data_is_read(cli, tmp_path, monk
         code, err, "log.backends has 'mlflow' but mlflow is not installed (pip install 'modgap[mlflow]')"
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_stopped_mid_epoch_by_a_signal_resumes_into_the_same_runs(cli, tmp_path, monkeypatch, new_store):
+    """Preemption checkpoints mid-epoch (train/preemption.py): the resume mirrors the partial epoch's
+    steps once and every epoch at the step that ended it."""
+    from modgap.train import trainer
+
+    full, stopped = tmp_path / "a" / "r", tmp_path / "b" / "r"
+    new_store(tmp_path / "a" / "mlflow.db"), new_store(tmp_path / "b" / "mlflow.db")
+    cli.train(full, "--method", "lfm-lb", *BOTH, epochs=3)
+    monkeypatch.setattr(trainer.Trainer, "_stop_requested", lambda self, signals: self.state.step == 23 + 9)
+    code, _, err = cli("train", "--epochs", "3", "--out", str(stopped), "--method", "lfm-lb", *BOTH,
+                       "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.threads=1",
+                       "--set", "train.probe=false", "--quiet")
+    assert code == 128 + 15 and "stopped at epoch 1, step 32" in err, err
+    monkeypatch.undo()
+    cli.resume(stopped, epochs=3)
+    want = expected_series(full)
+    assert_same_series(tensorboard_series(stopped)[0], want)
+    client, runs = mlflow_run(store(stopped))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert_same_series(mlflow_series(client, runs[0].info.run_id, want), want)

@@ -32,8 +32,9 @@ class EpochLog:
 
 
 class RunObserver:
-    def started(self, run: RunFolder, config: Config, steps_done: int, epochs_done: int) -> None:
-        """The run (new, or resumed after ``epochs_done`` epochs and ``steps_done`` steps) is set up."""
+    def started(self, run: RunFolder, config: Config, steps_done: int, epochs_done: int, steps_per_epoch: int) -> None:
+        """The run (new, or resumed after ``epochs_done`` whole epochs and ``steps_done`` steps, more
+        than ``epochs_done * steps_per_epoch`` when it stopped mid-epoch at a signal) is set up."""
 
     def epoch_done(self, log: EpochLog) -> None:
         """An epoch is finished and checkpointed."""

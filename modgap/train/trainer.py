@@ -234,7 +234,7 @@ class Trainer:
                 for text in self.data.warnings():  # once per run; summary.json keeps them
                     print(f"modgap: warning: {text}", file=sys.stderr)
             for observer in self.observers:
-                observer.started(self.run, self.config, self.state.step, self.state.epoch)
+                observer.started(self.run, self.config, self.state.step, self.state.epoch, self.ctx.steps_per_epoch)
             with StopSignals() as signals:
                 result = self._fit(signals)
             for observer in self.observers:
