@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--requeue",
         action="store_true",
-        help="under Slurm: when SIGTERM/SIGUSR1 stops the run (checkpoint written), ask Slurm to requeue the job",
+        help="under Slurm: when a stop signal (TERM, USR1, USR2) ends the run with a checkpoint, requeue the job",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -1,12 +1,13 @@
 """Preemption: stopping cleanly when a scheduler says so.
 
 Slurm sends SIGTERM (a time limit, ``scancel``, a preemption with GraceTime) or the signal of
-``--signal=USR1@<seconds>`` some time before it kills a job. While a run trains, both signals only set
-a flag; the trainer finishes the batch it is on, writes a checkpoint of that point of the epoch
-(atomically, as every checkpoint), and stops with ``Preempted``. The CLI then exits with 128 + the
-signal's number (143 for SIGTERM, 138 for SIGUSR1), the code of a process the signal had killed, and
-with ``--requeue`` asks Slurm to requeue the job first. ``modgap train --resume`` continues from that
-batch, with the same numbers as a run that never stopped.
+``--signal=USR1@<seconds>`` some time before it kills a job; submitit asks for SIGUSR2 90 s before a
+time limit. While a run trains, these three signals only set a flag; the trainer finishes the batch
+it is on, writes a checkpoint of that point of the epoch (atomically, as every checkpoint), and stops
+with ``Preempted``. The CLI then exits with 128 + the signal's number (143 for SIGTERM, 138 for
+SIGUSR1, 140 for SIGUSR2), the code of a process the signal had killed, and with ``--requeue`` asks
+Slurm to requeue the job first. ``modgap train --resume`` continues from that batch, with the same
+numbers as a run that never stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 import threading
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Preempted(Exception):
@@ -38,7 +39,7 @@ class Preempted(Exception):
 
 
 class StopSignals:
-    """While entered (in the main thread): SIGTERM and SIGUSR1 set ``received`` instead of killing."""
+    """While entered (in the main thread): the stop signals set ``received`` instead of killing."""
 
     def __init__(self) -> None:
         self.received: int | None = None

@@ -67,12 +67,15 @@ MOMENTS = [f"train_step:{rng.randint(1, EPOCHS * 23 - 2)}", f"evaluate:{rng.rand
            f"checkpoint_write:{rng.randint(1, EPOCHS - 1)}", f"train_step:{rng.randint(1, EPOCHS * 23 - 2)}"]
 
 
-@pytest.mark.parametrize("fault, signum", [(m, (signal.SIGTERM, signal.SIGUSR1)[k % 2]) for k, m in enumerate(MOMENTS)])
+STOPS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)  # USR2: submitit's, before a time limit
+
+
+@pytest.mark.parametrize("fault, signum", list(zip(MOMENTS, STOPS, strict=True)))
 def test_a_stop_signal_checkpoints_and_the_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, fault,
                                                                                 signum):
     run = tmp_path / "r"
     done = signal_at(run, fault, signum)
-    assert done.returncode == 128 + signum, done.stderr  # 143 (TERM) or 138 (USR1)
+    assert done.returncode == 128 + signum, done.stderr  # 143 (TERM), 138 (USR1) or 140 (USR2)
     name = signal.Signals(signum).name
     assert f"modgap: {name} received: stopped at epoch" in done.stderr and "--resume" in done.stderr
     assert "Traceback" not in done.stderr
