@@ -211,7 +211,7 @@ class TensorBoard(Tracker):
     def sync(self) -> None:
         self.writer.flush()
 
-    def close(self, finished: bool) -> None:
+    def close(self, outcome: str) -> None:
         if self.writer is not None:
             self.writer.close()
 
@@ -358,13 +358,14 @@ class MLflow(Tracker):
             self.client.log_artifacts(self.run_id, str(report), "report")
             self.client.set_terminated(self.run_id, "FINISHED")
 
-    def close(self, finished: bool) -> None:
-        if finished or self.run_id is None:
+    def close(self, outcome: str) -> None:
+        if outcome == "finished" or self.run_id is None:
             return
-        try:  # a run that failed or was stopped (a killed process never gets here: it stays RUNNING)
-            self.client.set_terminated(self.run_id, "FAILED")
+        status = "KILLED" if outcome == "stopped" else "FAILED"  # a killed process never gets here: RUNNING
+        try:
+            self.client.set_terminated(self.run_id, status)
         except Exception as exc:  # never hide the error that ended the run
-            print(f"modgap: warning: mlflow run {self.run_id} not marked FAILED ({exc})", file=sys.stderr)
+            print(f"modgap: warning: mlflow run {self.run_id} not marked {status} ({exc})", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ for the entry points

@@ -189,7 +189,7 @@ def test_resume_continues_the_same_runs_as_if_never_stopped(cli, tmp_path, new_s
 
 def test_a_crash_before_mirroring_is_filled_in_once_on_resume(cli, tmp_path, monkeypatch, new_store):
     """A run stopped after epoch 2's checkpoint, before MLflow got the epoch (the run is marked
-    FAILED), and with TensorBoard's last mirrored step put back to epoch 1 as if it had crashed
+    KILLED), and with TensorBoard's last mirrored step put back to epoch 1 as if it had crashed
     before recording it: the resume fills each in once."""
     from modgap import tracking
 
@@ -210,7 +210,7 @@ def test_a_crash_before_mirroring_is_filled_in_once_on_resume(cli, tmp_path, mon
     assert code == 130, err
     monkeypatch.setattr(tracking.MLflow, "epoch_done", original)
     client, runs = mlflow_run(store(crashed))
-    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert len(runs) == 1 and runs[0].info.status == "KILLED"  # Ctrl-C: stopped, not failed
     run_id = runs[0].info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "val/fused/acc")] == [STEPS_PER_EPOCH]
     state = json.loads((crashed / "tracking.json").read_text())
@@ -308,6 +308,7 @@ def test_a_run_stopped_mid_epoch_by_a_signal_resumes_into_the_same_runs(cli, tmp
                        "--set", "model.hidden=[16]", "--set", "model.feature_dim=8", "--set", "train.threads=1",
                        "--set", "train.probe=false", "--quiet")
     assert code == 128 + 15 and "stopped at epoch 1, step 32" in err, err
+    assert mlflow_run(store(stopped))[1][0].info.status == "KILLED"
     monkeypatch.undo()
     cli.resume(stopped, epochs=3)
     want = expected_series(full)
@@ -315,3 +316,12 @@ def test_a_run_stopped_mid_epoch_by_a_signal_resumes_into_the_same_runs(cli, tmp
     client, runs = mlflow_run(store(stopped))
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert_same_series(mlflow_series(client, runs[0].info.run_id, want), want)
+
+
+def test_a_run_that_fails_is_marked_failed(cli, tmp_path, new_store):
+    run = tmp_path / "r"
+    new_store(tmp_path / "mlflow.db")
+    code, _, err = cli("train", "--epochs", "2", "--out", str(run), "--method", "joint", *BOTH,
+                       "--set", "optim.lr=1e30", "--set", "model.hidden=[16]", "--set", "train.probe=false", "--quiet")
+    assert code == 2 and "non-finite" in err, err
+    assert mlflow_run(store(run))[1][0].info.status == "FAILED"

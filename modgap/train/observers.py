@@ -42,5 +42,6 @@ class RunObserver:
     def finished(self, summary: dict[str, Any]) -> None:
         """summary.json is written."""
 
-    def close(self, finished: bool) -> None:
-        """The run ends (finished, stopped by an observer, failed or interrupted)."""
+    def close(self, outcome: str) -> None:
+        """The run ends: ``finished``; ``stopped`` by a stop signal or Ctrl-C (it resumes); or
+        ``failed`` (an error, or an observer that stopped it)."""

@@ -227,7 +227,7 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        finished = False
+        outcome = "failed"
         try:
             self._start()  # inside: a failed start gives back the lock it took (never another's)
             if self.dist.is_main:
@@ -239,17 +239,20 @@ class Trainer:
                 result = self._fit(signals)
             for observer in self.observers:
                 observer.finished(result)
-            finished = True
+            outcome = "finished"
             return result
+        except (Preempted, KeyboardInterrupt):
+            outcome = "stopped"  # by a signal or Ctrl-C, resumable
+            raise
         finally:
             try:
                 for observer in self.observers:
-                    observer.close(finished)
+                    observer.close(outcome)
             finally:
                 if self.loader is not None:
                     self.loader.close()
                 self.run.release()
-                self.dist.close(finished)
+                self.dist.close(outcome == "finished")
 
     def _fit(self, signals: StopSignals) -> dict[str, Any]:
         cfg = self.config
