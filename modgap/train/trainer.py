@@ -39,6 +39,10 @@ from .metrics import OutputAccumulator, imbalance_ratio, linear_probe, modality_
 from .observers import EpochLog, RunObserver
 from .preemption import Preempted, StopSignals
 
+STOP_CHECK_EVERY = 10
+"""On several processes, a stop signal is looked for every this many batches (one small all-reduce;
+a scheduler's warning comes a minute or more before it kills)."""
+
 DIAGNOSTICS_EVERY = 5
 """Gradient norms and the discrepancy ratio are sampled every few steps (they cost ~10 % of a
 small model's step when taken at every step; the per-epoch means barely change)."""
@@ -185,6 +189,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = Progress(**state["progress"])
         self._so_far = EpochSoFar(**state.get("epoch_so_far", {}))
+        if not self.dist.is_main:  # the checkpoint's sums are every process's: one process carries them on
+            self._so_far.sums, self._so_far.seen = {k: 0.0 for k in self._so_far.sums}, 0
         self._diag = self._so_far.diag
         set_rng_state(state["rng"])
         self.precision.load_state_dict(state.get("loss_scale"))
@@ -301,7 +307,7 @@ class Trainer:
                     fault_point("train_step")
                 self.state.batch += 1
                 if self._stop_requested(signals):
-                    so_far.sums, so_far.seen = sums, seen
+                    so_far.seen, so_far.sums = self._global_sums(seen, sums)  # every process's part, once
                     so_far.seconds += time.perf_counter() - started
                     self._preempt(signals, step_logs)
             self.state.batch = 0
@@ -353,11 +359,15 @@ class Trainer:
         return self.finish()
 
     def _stop_requested(self, signals: StopSignals) -> bool:
-        """A stop signal reached this process (or, on several, any of them: all stop at the same batch)."""
-        flag = 1.0 if signals.received else 0.0
-        if self.dist.enabled:
-            flag = float(self.dist.all_reduce_sum(torch.tensor([flag], device=self.device)).item())
-        return flag > 0
+        """A stop signal reached this process. On several processes: any of them, asked every
+        STOP_CHECK_EVERY batches only (the same batches on all, so all stop together) to keep a
+        synchronising all-reduce out of most steps."""
+        if not self.dist.enabled:
+            return signals.received is not None
+        if self.state.batch % STOP_CHECK_EVERY:
+            return False
+        flag = torch.tensor([1.0 if signals.received else 0.0], device=self.device)
+        return float(self.dist.all_reduce_sum(flag).item()) > 0
 
     def _preempt(self, signals: StopSignals, step_logs) -> None:
         """Write the checkpoint of this batch (the per-step logs first), then stop with Preempted."""

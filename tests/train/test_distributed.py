@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,53 @@ def test_batchnorm_statistics_are_averaged_over_processes(tmp_path):
     torch.testing.assert_close(a["running_mean"], mean)
     torch.testing.assert_close(a["running_var"], var)
     assert not torch.allclose(a["running_var"], torch.ones(3))
+
+
+def _stopped_workers(run) -> dict[int, int]:
+    """LOCAL_RANK -> pid of the training processes of ``run`` that stopped themselves (SIGSTOP)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if state == "T" and str(run).encode() in cmdline and b"modgap" in cmdline:
+            rank = next(int(e.split(b"=")[1]) for e in environ if e.startswith(b"LOCAL_RANK="))
+            found[rank] = int(stat.parent.name)
+    return found
+
+
+def test_a_stop_signal_to_one_process_stops_all_at_the_same_batch(tmp_path):
+    """SIGTERM reaches rank 1 only: both stop at the next check (every 10 batches), one checkpoint holds
+    both processes' loss sums, and the resume on two processes ends as the uninterrupted run."""
+    import os
+    import signal
+    import time
+    from modgap.runs import load_checkpoint
+
+    args = ["--method", "lfm-lb", "--epochs", "3", "--set", "method.every=3"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    train(full, 2, *args)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "modgap",
+           "train", "--out", str(stopped), "--quiet", *TINY, *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MODGAP_FAULT": "train_step:35:stop"})  # epoch 1, its 6th batch
+    deadline = time.time() + 120
+    while len(workers := _stopped_workers(stopped)) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the workers never reached their fault point"
+        time.sleep(0.1)
+    os.kill(workers[1], signal.SIGTERM)
+    for pid in workers.values():
+        os.kill(pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "SIGTERM received: stopped at epoch 1, step 39" in err, err[-2000:]
+    state = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert state["progress"]["batch"] == 10 and state["epoch_so_far"]["seen"] == 10 * 50
+    train(stopped, 2, *args, "--resume")
+    a, b = records(full), records(stopped)
+    assert [r["val"] for r in a] == [r["val"] for r in b] and [r["test"] for r in a] == [r["test"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["train"] == pytest.approx(rb["train"], rel=1e-9)
+    assert np.array_equal(alphas(full), alphas(stopped))
