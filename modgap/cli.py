@@ -427,12 +427,6 @@ RESUME_MAY_CHANGE = ("train.epochs", "train.progress", "log.")
 log.* only changes where the run is mirrored)."""
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
 def _at(tree: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         if not isinstance(tree, dict) or part not in tree:
@@ -445,7 +439,7 @@ def resumed_config(args: argparse.Namespace, saved: Config) -> Config:
     """The saved configuration of the run in --out, with --epochs (and --quiet) applied. Any other setting the
     command gives (the original command, retyped) must equal the saved one: the first that differs is refused,
     named with both values."""
-    from .config import build, check, dotted_to_nested, load_yaml, make_config
+    from .config import build, check, dotted_to_nested, flatten, load_yaml, make_config
 
     given: dict[str, Any] = {}
     for layer in (
@@ -453,7 +447,7 @@ def resumed_config(args: argparse.Namespace, saved: Config) -> Config:
         overrides_from_flags(args),
         dotted_to_nested(args.set),
     ):
-        given.update(_leaves(layer))
+        given.update(flatten(layer))
     if given:
         typed = make_config(args.config, overrides_from_flags(args), args.set).to_dict()  # also checks the keys
         before = saved.to_dict()

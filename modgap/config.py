@@ -283,6 +283,18 @@ def dotted_to_nested(assignments: list[str]) -> dict[str, Any]:
     return nested
 
 
+def flatten(tree: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {'a<sep>b<sep>c': leaf} (the inverse of dotted_to_nested); an empty mapping is a leaf."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, sep, path))
+        else:
+            out[path] = value
+    return out
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import yaml
 
 from . import __version__
-from .config import Config, LogConfig
+from .config import Config, LogConfig, flatten
 from .errors import ConfigError, ModgapError
 from .registry import Registry
 from .runs import CONFIG_FILE, SUMMARY_FILE, TENSORBOARD_DIR, TRACKING_FILE, RunFolder, read_scalars
@@ -54,21 +54,9 @@ class TrackingError(ModgapError):
 
 
 # ------------------------------------------------------------------------------ what is logged
-def _leaves(tree: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as {'a<sep>b<sep>c': leaf}; an empty mapping is a leaf."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            out.update(_leaves(value, sep, path))
-        else:
-            out[path] = value
-    return out
-
-
 def epoch_points(step: int, record: dict[str, Any]) -> list[Point]:
     """An epoch's metrics.jsonl record, its numbers flattened, at the step that ended the epoch."""
-    leaves = _leaves(record, "/")
+    leaves = flatten(record, "/")
     return [(step, k, float(v)) for k, v in leaves.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
@@ -98,7 +86,7 @@ def flat_config(config: Config) -> dict[str, str | int | float | bool]:
     strings as they are, anything else (lists, None, empty mappings) as JSON text."""
     return {
         key: value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
-        for key, value in _leaves(config.to_dict(), ".").items()
+        for key, value in flatten(config.to_dict()).items()
     }
 
 

@@ -54,7 +54,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from .config import Config, load_yaml, make_config, parse_value
+from .config import Config, flatten, load_yaml, make_config, parse_value
 from .errors import ConfigError, ModgapError, RunFolderError, closest
 from .methods.compose import check_config_methods
 from .runs import BEST_FILE, FINAL_DIR, IMPORTANCE_FILE, TRIALS_FILE, TUNE_SPEC_FILE, RunFolder, atomic_write_text
@@ -63,7 +63,6 @@ from .train.observers import EpochLog, RunObserver
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 PRUNERS = ("median", "hyperband", "none")
-SPEC_FILE = TUNE_SPEC_FILE
 _CALL = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.S)
 
 
@@ -146,16 +145,6 @@ def _number(text: str) -> Any:
     return text
 
 
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def parse_space(items: list[str]) -> dict[str, Param]:
     """``--space`` items: KEY=KIND(ARGS) or a YAML file of them (nested sections allowed)."""
     space: dict[str, Param] = {}
@@ -164,7 +153,7 @@ def parse_space(items: list[str]) -> dict[str, Param]:
         if sep and "(" not in key:
             entries, where = {key.strip(): value}, "--space"
         elif item.endswith((".yaml", ".yml")) or Path(item).is_file():
-            entries, where = _flatten(load_yaml(item)), item
+            entries, where = flatten(load_yaml(item)), item
         else:
             raise ConfigError(f"--space: '{item}' is neither KEY=KIND(ARGS) nor a YAML file")
         for k, v in entries.items():
@@ -208,7 +197,7 @@ class TuneSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TuneSpec:
         d = dict(d)
-        d["space"] = {k: Param.parse(k, v, SPEC_FILE) for k, v in d["space"].items()}
+        d["space"] = {k: Param.parse(k, v, TUNE_SPEC_FILE) for k, v in d["space"].items()}
         return cls(**d)
 
     # the config of one trial and seed
@@ -404,7 +393,7 @@ SEARCH_FIELDS = ("space", "data", "method", "config_file", "sets", "epochs", "se
 
 
 def _write_spec(root: Path, spec: TuneSpec) -> None:
-    path = root / SPEC_FILE
+    path = root / TUNE_SPEC_FILE
     new = spec.to_json()
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -536,22 +525,21 @@ def _final_run(best_yaml: Path, out: Path, seed: int, progress: bool) -> None:
     run = RunFolder(out)
     if run.finished():
         return
+    holder = run.holder()
+    if holder is not None:  # another tune command on this study is training it: leave it to that one
+        print(f"modgap tune: {out} is being trained by process {holder}; its result will be there", file=sys.stderr)
+        return
     resume = run.resumable()
     if not resume:
         run.clear_unstarted()
     config = make_config(best_yaml, {"train": {"seed": seed, "progress": progress}})
-    try:
-        train_tracked(config, out, resume=resume)
-    except RunFolderError as exc:
-        if "in use by process" not in str(exc):
-            raise
-        print(f"modgap tune: {out} is being trained by another process ({exc})", file=sys.stderr)
+    train_tracked(config, out, resume=resume)
 
 
 def load_spec(root: str | Path) -> TuneSpec:
-    path = Path(root) / SPEC_FILE
+    path = Path(root) / TUNE_SPEC_FILE
     if not path.exists():
-        raise RunFolderError(f"{root}: not a tune folder (no {SPEC_FILE})")
+        raise RunFolderError(f"{root}: not a tune folder (no {TUNE_SPEC_FILE})")
     return TuneSpec.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
